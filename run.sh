@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set everything up on a fresh machine and run the main job: `dvc repro` on the embedded synthetic world.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/bootstrap.sh
+export HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
+.venv/bin/dvc repro "$@"

@@ -1,0 +1,169 @@
+"""Settings: frozen dataclasses loaded from params.yaml (the single source of settings, DESIGN.md §3).
+
+`load_config(path, overrides)` reads the YAML, applies `a.b.c=value` overrides (values parsed as YAML scalars),
+and builds the typed tree, rejecting unknown keys and wrong types with the dotted key named (a typo in
+params.yaml is an error, never a silently ignored setting).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or of the wrong type; the message names the dotted key."""
+
+
+class BadVideoPolicyName(str, enum.Enum):
+    FAIL = "fail"
+    SKIP = "skip"
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data: str = "data"
+    world: str = "data/raw/synth"  # the synthetic world as generated (official formats)
+    processed: str = "data/processed/synth"  # canonical records
+    reports: str = "reports"
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The embedded default: a generated video world (sevila.data.synth)."""
+
+    videos: int = 200
+    seed: int = 0
+    fps: int = 8
+    size: int = 64
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    dataset: str = "nextqa"  # the world is written in NExT-QA csv format and read back by the real reader
+    splits: tuple[str, ...] = ("train", "val", "test")
+    bad_video: BadVideoPolicyName = BadVideoPolicyName.FAIL
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    fail_on_error: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+
+
+def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides:
+        apply_override(raw, item)
+    return build(Config, raw, "")
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (so 3, 0.5, true, [1,2] work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def build(cls: type, data: Any, where: str):
+    """Build dataclass `cls` from plain data, checking keys and types; `where` is the dotted path for errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or '<root>'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where or '<root>'}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, where: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError("; ".join(errors))
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not one of {[m.value for m in tp]}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def to_dict(obj) -> dict:
+    """Plain (YAML/JSON-able) dict of a config tree: enums become their values, tuples lists."""
+
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+
+    return conv(obj)
