@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/bootstrap.sh
 export HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
-.venv/bin/dvc repro "$@"
+export PATH="$PWD/.venv/bin:$PATH"  # dvc.yaml stages call the `sevila` command
+dvc repro "$@"

@@ -168,17 +168,17 @@ def validate_records(splits: Mapping[str, Sequence[Record]], videos: Path | None
         batch = batch_def.get_batch(batch_parameters={"dataframe": df})
         res = batch.validate(check.expectation, result_format="COMPLETE")
         bad_rows = res.result.get("unexpected_index_list") or []
-        failing = sorted({str(df.iloc[_row_pos(df, i)]["qid"]) for i in bad_rows})
+        failing = sorted({str(df.loc[_row_label(i), "qid"]) for i in bad_rows})
         results.append(CheckResult(check.name, bool(res.success), int(res.result.get("element_count", len(df))),
                                    failing))
     return ValidationReport(results, len(records))
 
 
-def _row_pos(df: pd.DataFrame, idx) -> int:
-    # GE reports index labels (dicts for pair expectations in some versions); frames here use a RangeIndex.
+def _row_label(idx):
+    # GE reports index labels (wrapped in a dict for some expectation kinds).
     if isinstance(idx, dict):
         idx = next(iter(idx.values()))
-    return int(idx)
+    return idx
 
 
 def validate_files(files: Sequence[str | Path], videos: str | Path | None = None) -> ValidationReport:

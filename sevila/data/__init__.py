@@ -1,0 +1,1 @@
+"""Dataset readers, video decoding and the synthetic world."""

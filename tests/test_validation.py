@@ -1,0 +1,89 @@
+"""Each expectation of the validation suite catches its planted defect and names the failing row."""
+import dataclasses
+import json
+
+import pytest
+
+from sevila.cli import main as cli_main
+from sevila.data.records import MomentRecord, QARecord, write_records
+from sevila.validation import build_checks, validate_records
+
+OPTS = ("red", "blue", "green", "white", "black")
+
+
+def clean_world(tmp_path):
+    videos = tmp_path / "videos"
+    for v in ("a/1", "a/2", "a/3"):
+        (videos / f"{v}.mp4").parent.mkdir(parents=True, exist_ok=True)
+        (videos / f"{v}.mp4").write_bytes(b"\x00not-empty")
+    train = [QARecord("nextqa", "DC_1_0", "a/1", "what colour?", OPTS, 2, split="train", evidence=((1.0, 2.0),)),
+             QARecord("nextqa", "DC_2_0", "a/2", "what colour?", OPTS, 0, split="train"),
+             MomentRecord("qvhighlights", "10", "a red circle", "a/1", 10.0, ((1.0, 2.0),), split="train")]
+    test = [QARecord("nextqa", "DC_3_0", "a/3", "what colour?", OPTS, None, split="test"),
+            QARecord("vlep", "vlep_1", "a/3", None, ("x", "y"), 1, 0.5, 4.0, split="test")]
+    return {"train": train, "test": test}, videos
+
+
+def failing(report):
+    return {r.name: r.failing for r in report.results if not r.success}
+
+
+def test_clean_records_pass(tmp_path):
+    splits, videos = clean_world(tmp_path)
+    report = validate_records(splits, videos)
+    assert report.success, failing(report)
+    assert report.n_records == 5
+    assert {r.name for r in report.results} == {c.name for c in build_checks()}
+
+
+def plant(splits, split, i, **changes):
+    splits[split][i] = dataclasses.replace(splits[split][i], **changes)
+
+
+DEFECTS = {
+    "option_count": lambda s: plant(s, "train", 0, options=OPTS[:4]),
+    "answer_not_negative": lambda s: plant(s, "train", 0, answer=-1),
+    "answer_in_range": lambda s: plant(s, "train", 0, answer=5),
+    "question_not_empty": lambda s: plant(s, "train", 0, question="  "),
+    "video_present": lambda s: plant(s, "train", 0, video="a/missing"),
+    "duration_positive": lambda s: plant(s, "train", 2, duration=0.0, windows=None),
+    "qid_unique": lambda s: plant(s, "train", 1, qid="DC_1_0"),
+    "window_start_not_negative": lambda s: plant(s, "train", 2, windows=((-1.0, 2.0),)),
+    "window_start_before_end": lambda s: plant(s, "test", 1, start=4.0, end=0.5),
+    "window_inside_duration": lambda s: plant(s, "train", 2, windows=((1.0, 12.0),)),
+    "video_in_one_split": lambda s: plant(s, "test", 0, video="a/1"),
+}
+NAMED = {  # the row each planted defect must be reported under
+    "option_count": ["DC_1_0"], "answer_not_negative": ["DC_1_0"], "answer_in_range": ["DC_1_0"],
+    "question_not_empty": ["DC_1_0"], "video_present": ["DC_1_0"], "duration_positive": ["10"],
+    "qid_unique": ["DC_1_0"], "window_start_not_negative": ["10"], "window_start_before_end": ["vlep_1"],
+    "window_inside_duration": ["10"], "video_in_one_split": ["a/1@test", "a/1@train"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(DEFECTS))
+def test_each_planted_defect_is_caught_and_named(tmp_path, name):
+    splits, videos = clean_world(tmp_path)
+    DEFECTS[name](splits)
+    report = validate_records(splits, videos)
+    assert failing(report) == {name: NAMED[name]}
+
+
+def test_every_expectation_has_a_planted_defect():
+    assert set(DEFECTS) == {c.name for c in build_checks()}
+
+
+def test_cli_writes_report_and_exits_nonzero(tmp_path, capsys):
+    splits, videos = clean_world(tmp_path)
+    files = [write_records(tmp_path / f"{k}.jsonl", v) for k, v in splits.items()]
+    out = tmp_path / "report.json"
+    assert cli_main(["validate", *map(str, files), "--videos", str(videos), "--report", str(out)]) == 0
+    assert json.loads(out.read_text())["success"] is True
+
+    DEFECTS["answer_in_range"](splits)
+    write_records(files[0], splits["train"])
+    assert cli_main(["validate", *map(str, files), "--videos", str(videos), "--report", str(out)]) == 1
+    report = json.loads(out.read_text())
+    bad = [e for e in report["expectations"] if not e["success"]]
+    assert [(e["expectation"], e["failing"]) for e in bad] == [("answer_in_range", ["DC_1_0"])]
+    assert "FAILED answer_in_range: 1 row(s): DC_1_0" in capsys.readouterr().err
