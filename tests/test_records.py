@@ -23,6 +23,8 @@ def test_round_trip(tmp_path, suffix):
     # NaN windows come back as None (unusable either way) and are told apart by has_window
     assert back[1].start is None and not back[1].has_window and back[2].has_window
     assert back[0] == RECORDS[0] and back[2] == RECORDS[2] and back[3] == RECORDS[3]
+    # a column mixing None and ints must give ints back, not 1.0
+    assert [type(r.answer) for r in back[:3]] == [int, type(None), int]
 
 
 def test_unlabelled_is_none_not_zero(tmp_path):

@@ -138,8 +138,9 @@ def read_records(path: str | Path) -> list[Record]:
             for k, v in row.items():
                 if isinstance(v, str) and v[:1] == "[":
                     v = json.loads(v)
-                elif isinstance(v, float) and math.isnan(v):
-                    v = None
+                elif isinstance(v, float):
+                    # pandas stores an int column with gaps (answer None) as float: undo both.
+                    v = None if math.isnan(v) else (int(v) if k in _INT_FIELDS else v)
                 d[k] = v
             # A file mixing QA and moment rows has the union of columns: drop the other kind's empty ones.
             cls = MomentRecord if d.get("query") is not None else QARecord
@@ -158,6 +159,9 @@ def read_records(path: str | Path) -> list[Record]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             out.append(_parse(d, path, lineno))
     return out
+
+
+_INT_FIELDS = frozenset({"answer"})
 
 
 def _parse(d: dict, path: Path, where: int | str) -> Record:

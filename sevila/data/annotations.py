@@ -1,0 +1,260 @@
+"""Reading benchmark annotations into canonical records: the dataset/format enums, the shared checks every
+reader applies, and the `read_annotations` dispatcher.
+
+One reader module per benchmark (nextqa, star, how2qa, tvqa, vlep, qvhighlights) turns the *official* files
+into `QARecord`/`MomentRecord`; `sevila_json` reads and writes the converted JSON that SeViLA's own loader
+(`lavis/datasets/datasets/mc_video_vqa_datasets.py`) consumes. All readers fail loudly: an `AnnotationError`
+names the file, the row or line, and what is wrong.
+
+Canonical text convention: a record holds the text the official SeViLA pipeline shows the model. That matters
+only for NExT-QA, whose raw CSV has no `?`/`.`, which SeViLA's preprocessing notebook appends
+(`question + '?'`, `option + '.'`); every other benchmark's text is kept verbatim. Reading the raw file or
+SeViLA's converted JSON therefore gives the same records.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from enum import Enum
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, Iterator, Sequence
+
+from sevila.data.records import MomentRecord, QARecord, Record
+
+
+class Dataset(str, Enum):
+    """The six benchmarks of the paper (NExT-QA, STAR, How2QA, TVQA, VLEP; QVHighlights for pre-training)."""
+
+    NEXTQA = "nextqa"
+    STAR = "star"
+    HOW2QA = "how2qa"
+    TVQA = "tvqa"
+    VLEP = "vlep"
+    QVHIGHLIGHTS = "qvhighlights"
+
+    @property
+    def has_clip_window(self) -> bool:
+        """True for benchmarks whose questions come with an annotated start/end clip that frames are sampled in
+        (SeViLA samples inside `start`/`end` for STAR, How2QA, TVQA and VLEP; the whole video otherwise).
+        A record of such a dataset without a finite window is a "NaN window" (TVQA's `NaN-NaN`)."""
+        return self in (Dataset.STAR, Dataset.HOW2QA, Dataset.TVQA, Dataset.VLEP)
+
+
+class SourceFormat(str, Enum):
+    """Which kind of file is read: the benchmark's official release, or SeViLA's converted JSON."""
+
+    OFFICIAL = "official"
+    SEVILA_JSON = "sevila-json"
+
+
+# Short alias, so callers can write `fmt=Format.OFFICIAL`.
+Format = SourceFormat
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation; the message names the file, the row/line and the problem."""
+
+    def __init__(self, path: str | Path, where: str | None, problem: str):
+        self.path = Path(path)
+        self.where = where
+        self.problem = problem
+        loc = f"{self.path}" + (f", {where}" if where else "")
+        super().__init__(f"{loc}: {problem}")
+
+
+# ----------------------------------------------------------------------------------------------- checks
+
+
+def check_video_id(video: Any, path: str | Path, where: str, qid: str | None = None) -> str:
+    """Return `video` if it is a safe relative id; reject ids that could escape the video root.
+
+    Video ids become `<root>/<id>.mp4` (SeViLA's loader joins them the same way), so an absolute id or a
+    `..` part would read outside the data directory. The video loader checks again; this catches it at read time.
+    """
+    who = f"record {qid!r}: " if qid is not None else ""
+    if not isinstance(video, str) or not video.strip():
+        raise AnnotationError(path, where, f"{who}video id must be a non-empty string, got {video!r}")
+    if "\x00" in video:
+        raise AnnotationError(path, where, f"{who}video id {video!r} contains a NUL character")
+    posix, win = PurePosixPath(video), PureWindowsPath(video)
+    if posix.is_absolute() or win.is_absolute() or win.drive or video.startswith(("/", "\\")):
+        raise AnnotationError(path, where, f"{who}video id {video!r} is an absolute path; it must be relative to the video root")
+    if ".." in posix.parts or ".." in win.parts:
+        raise AnnotationError(path, where, f"{who}video id {video!r} contains a '..' path part; it must stay inside the video root")
+    return video
+
+
+def parse_answer(value: Any, n_options: int, path: str | Path, where: str) -> int | None:
+    """Answer index from an int or a digit string (TVQA+ stores `"3"`); None stays None (unlabelled split).
+
+    Never defaults to 0: a test split without answers must stay unlabelled, not become "all answers are A"."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise AnnotationError(path, where, f"answer must be an integer index, got {value!r}")
+    if isinstance(value, str):
+        if not re.fullmatch(r"\s*\d+\s*", value):
+            raise AnnotationError(path, where, f"answer must be an integer index, got {value!r}")
+        value = int(value)
+    if not isinstance(value, int):
+        raise AnnotationError(path, where, f"answer must be an integer index, got {value!r}")
+    if not 0 <= value < n_options:
+        raise AnnotationError(path, where, f"answer {value} out of range for {n_options} options")
+    return value
+
+
+def parse_seconds(value: Any, path: str | Path, where: str, what: str = "timestamp") -> float | None:
+    """A time in seconds from a number or a numeric string; `NaN` (TVQA) becomes None, so "no window" has one form."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise AnnotationError(path, where, f"bad {what} {value!r}: not a number")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise AnnotationError(path, where, f"bad {what} {value!r}: not a number") from None
+    if not isinstance(value, (int, float)):
+        raise AnnotationError(path, where, f"bad {what} {value!r}: not a number")
+    value = float(value)
+    if math.isnan(value):
+        return None
+    if math.isinf(value) or value < 0:
+        raise AnnotationError(path, where, f"bad {what} {value!r}: must be finite and >= 0")
+    return value
+
+
+def clip_window(start: float | None, end: float | None) -> tuple[float | None, float | None]:
+    """A window is usable only when both ends are known: one NaN end makes the whole window unknown (None, None)."""
+    if start is None or end is None:
+        return None, None
+    return start, end
+
+
+def require_str(d: dict, key: str, path: str | Path, where: str) -> str:
+    if key not in d:
+        raise AnnotationError(path, where, f"missing field {key!r}")
+    v = d[key]
+    if not isinstance(v, str):
+        raise AnnotationError(path, where, f"field {key!r} must be a string, got {type(v).__name__}")
+    return v
+
+
+_SPLIT_TOKENS = ("train", "val", "dev", "test")
+
+
+def split_from_name(path: str | Path) -> str | None:
+    """The split named in a file name (`how2QA_val_release.csv` -> val, `vlep_dev_release` -> dev), else None."""
+    for tok in re.split(r"[^0-9A-Za-z]+", Path(path).stem.lower()):
+        if tok in _SPLIT_TOKENS:
+            return tok
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- JSON files
+
+
+def iter_json_records(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Yield `(where, record)` from a JSON array, a single JSON object, or JSON lines.
+
+    The layout is detected from the contents, not the extension: TVQA ships jsonl while TVQA+ ships one
+    array; STAR's `sample_question.json` is a lone object. `where` is "line N" or "record N" (1-based)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip("\ufeff \t\r\n")
+    if not stripped:
+        return
+    if stripped[0] == "[":
+        try:
+            data = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise AnnotationError(path, f"line {e.lineno}", f"not valid JSON ({e.msg})") from None
+        for i, rec in enumerate(data, 1):
+            if not isinstance(rec, dict):
+                raise AnnotationError(path, f"record {i}", f"expected a JSON object, got {type(rec).__name__}")
+            yield f"record {i}", rec
+        return
+    try:
+        whole = json.loads(stripped)
+    except json.JSONDecodeError:
+        whole = None  # several objects: JSON lines
+    if isinstance(whole, dict):
+        # A one-line file is JSON lines with a single record; a pretty-printed object is one record.
+        yield ("line 1" if len(stripped.strip().splitlines()) == 1 else "record 1"), whole
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise AnnotationError(path, f"line {lineno}", f"not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise AnnotationError(path, f"line {lineno}", f"expected a JSON object, got {type(rec).__name__}")
+        yield f"line {lineno}", rec
+
+
+# ----------------------------------------------------------------------------------------------- dispatch
+
+
+def read_annotations(
+    dataset: Dataset | str,
+    path: str | Path,
+    video_map: str | Path | None = None,
+    fmt: SourceFormat | str = SourceFormat.OFFICIAL,
+) -> list[QARecord] | list[MomentRecord]:
+    """Read one annotation file of `dataset` into canonical records, in file order.
+
+    `video_map` is NExT-QA's `map_vid_vidorID.json` (default: the one next to the CSV); other datasets
+    take none. Qids must be unique within the file."""
+    # Imported here: the reader modules import this one for the shared checks above.
+    from sevila.data import how2qa, nextqa, qvhighlights, sevila_json, star, tvqa, vlep
+
+    dataset, fmt, path = Dataset(dataset), SourceFormat(fmt), Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: annotation file not found")
+    if video_map is not None and not (dataset is Dataset.NEXTQA and fmt is SourceFormat.OFFICIAL):
+        raise ValueError(f"a video map applies only to official NExT-QA CSVs, not {dataset.value} {fmt.value}")
+    if fmt is SourceFormat.SEVILA_JSON:
+        records: list = sevila_json.read_sevila_json(dataset, path)
+    elif dataset is Dataset.NEXTQA:
+        records = nextqa.read_nextqa(path, video_map)
+    else:
+        reader = {
+            Dataset.STAR: star.read_star,
+            Dataset.HOW2QA: how2qa.read_how2qa,
+            Dataset.TVQA: tvqa.read_tvqa,
+            Dataset.VLEP: vlep.read_vlep,
+            Dataset.QVHIGHLIGHTS: qvhighlights.read_qvhighlights,
+        }[dataset]
+        records = reader(path)
+    check_unique_qids(records, path)
+    return records
+
+
+def check_unique_qids(records: Sequence[Record], path: str | Path) -> None:
+    """Predictions and metrics are keyed by qid, so a repeated qid would silently merge two questions."""
+    seen: dict[str, int] = {}
+    for i, r in enumerate(records, 1):
+        if r.qid in seen:
+            raise AnnotationError(path, f"record {i}", f"duplicate qid {r.qid!r} (first seen at record {seen[r.qid]})")
+        seen[r.qid] = i
+
+
+def count_unlabelled(records: Sequence[Record]) -> int:
+    """Questions without an answer / queries without relevant windows (test splits)."""
+    return sum((r.answer is None) if isinstance(r, QARecord) else (r.windows is None) for r in records)
+
+
+def count_missing_windows(records: Sequence[Record]) -> int:
+    """Records of a clip-window benchmark whose window is unknown (TVQA `NaN-NaN`): these fall back to the
+    whole video, and the count is reported rather than hidden."""
+    n = 0
+    for r in records:
+        if isinstance(r, QARecord) and r.dataset in _CLIP_DATASETS and not r.has_window:
+            n += 1
+    return n
+
+
+_CLIP_DATASETS = frozenset(d.value for d in Dataset if d.has_clip_window)
