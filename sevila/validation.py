@@ -7,6 +7,7 @@ the report as JSON and exits non-zero when any expectation fails.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class ValidationReport:
 def question_frame(records: Iterable[Record], split_of: Mapping[int, str], videos: Path | None) -> pd.DataFrame:
     """One row per record with the columns the expectations read."""
     rows = []
+    readable = functools.lru_cache(maxsize=None)(lambda v: video_readable(videos, v))  # once per video
     for i, r in enumerate(records):
         row = {"qid": r.qid, "dataset": r.dataset, "video": r.video, "split": r.split or split_of.get(i, "")}
         if isinstance(r, QARecord):
@@ -73,7 +75,7 @@ def question_frame(records: Iterable[Record], split_of: Mapping[int, str], video
         else:
             row |= {"kind": "moment", "n_options": None, "expected_options": None, "answer": None,
                     "needs_question": True, "question_len": len(r.query.strip()), "duration": r.duration}
-        row["video_present"] = video_present(videos, r.video) if videos is not None else True
+        row["video_readable"] = readable(r.video) if videos is not None else True
         rows.append(row)
     df = pd.DataFrame(rows)
     for col in ("n_options", "expected_options", "answer", "duration"):
@@ -103,11 +105,14 @@ def split_frame(qdf: pd.DataFrame) -> pd.DataFrame:
     return pairs.assign(qid=pairs["video"] + "@" + pairs["split"])
 
 
-def video_present(root: Path, video_id: str) -> bool:
-    from sevila.data.video import VideoError, resolve_video_path
+def video_readable(root: Path, video_id: str) -> bool:
+    """The video exists inside `root` and every packet demuxes (a truncated file fails here, while a
+    frame reader would only notice if a sampled frame fell in the lost part)."""
+    from sevila.data.video import VideoError, resolve_video_path, verify_video
 
     try:
-        return resolve_video_path(root, video_id).stat().st_size > 0
+        n_frames, _fps = verify_video(resolve_video_path(root, video_id))
+        return n_frames > 0
     except (VideoError, OSError):
         return False
 
@@ -125,7 +130,7 @@ def build_checks() -> list[Check]:
             column_A="n_options", column_B="answer", ignore_row_if="either_value_is_missing")),
         Check("question_not_empty", "questions", E.ExpectColumnValuesToBeBetween(
             column="question_len", min_value=1, row_condition="needs_question == True", condition_parser="pandas")),
-        Check("video_present", "questions", E.ExpectColumnValuesToBeInSet(column="video_present", value_set=[True])),
+        Check("video_readable", "questions", E.ExpectColumnValuesToBeInSet(column="video_readable", value_set=[True])),
         Check("duration_positive", "questions", E.ExpectColumnValuesToBeBetween(
             column="duration", min_value=0, strict_min=True, row_condition="kind == 'moment'",
             condition_parser="pandas")),

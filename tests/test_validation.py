@@ -2,34 +2,44 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from sevila.cli import main as cli_main
 from sevila.data.records import MomentRecord, QARecord, write_records
+from sevila.data.synth import write_mp4
 from sevila.validation import build_checks, validate_records
 
 OPTS = ("red", "blue", "green", "white", "black")
 
 
-def clean_world(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_mp4(tmp_path_factory) -> bytes:
+    frames = np.zeros((8, 16, 16, 3), dtype=np.uint8)
+    return write_mp4(tmp_path_factory.mktemp("v") / "v.mp4", frames, fps=4).read_bytes()
+
+
+@pytest.fixture
+def clean_world(tmp_path, tiny_mp4):
     videos = tmp_path / "videos"
     for v in ("a/1", "a/2", "a/3"):
         (videos / f"{v}.mp4").parent.mkdir(parents=True, exist_ok=True)
-        (videos / f"{v}.mp4").write_bytes(b"\x00not-empty")
+        (videos / f"{v}.mp4").write_bytes(tiny_mp4)
+    (videos / "a/cut.mp4").write_bytes(tiny_mp4[: len(tiny_mp4) // 2])
     train = [QARecord("nextqa", "DC_1_0", "a/1", "what colour?", OPTS, 2, split="train", evidence=((1.0, 2.0),)),
              QARecord("nextqa", "DC_2_0", "a/2", "what colour?", OPTS, 0, split="train"),
              MomentRecord("qvhighlights", "10", "a red circle", "a/1", 10.0, ((1.0, 2.0),), split="train")]
     test = [QARecord("nextqa", "DC_3_0", "a/3", "what colour?", OPTS, None, split="test"),
             QARecord("vlep", "vlep_1", "a/3", None, ("x", "y"), 1, 0.5, 4.0, split="test")]
-    return {"train": train, "test": test}, videos
+    return lambda: ({"train": list(train), "test": list(test)}, videos)
 
 
 def failing(report):
     return {r.name: r.failing for r in report.results if not r.success}
 
 
-def test_clean_records_pass(tmp_path):
-    splits, videos = clean_world(tmp_path)
+def test_clean_records_pass(clean_world):
+    splits, videos = clean_world()
     report = validate_records(splits, videos)
     assert report.success, failing(report)
     assert report.n_records == 5
@@ -45,7 +55,9 @@ DEFECTS = {
     "answer_not_negative": lambda s: plant(s, "train", 0, answer=-1),
     "answer_in_range": lambda s: plant(s, "train", 0, answer=5),
     "question_not_empty": lambda s: plant(s, "train", 0, question="  "),
-    "video_present": lambda s: plant(s, "train", 0, video="a/missing"),
+    "video_readable": lambda s: plant(s, "train", 0, video="a/missing"),
+    "video_readable/truncated": lambda s: plant(s, "train", 0, video="a/cut"),
+    "video_readable/escape": lambda s: plant(s, "train", 0, video="../videos/a/1"),
     "duration_positive": lambda s: plant(s, "train", 2, duration=0.0, windows=None),
     "qid_unique": lambda s: plant(s, "train", 1, qid="DC_1_0"),
     "window_start_not_negative": lambda s: plant(s, "train", 2, windows=((-1.0, 2.0),)),
@@ -55,26 +67,27 @@ DEFECTS = {
 }
 NAMED = {  # the row each planted defect must be reported under
     "option_count": ["DC_1_0"], "answer_not_negative": ["DC_1_0"], "answer_in_range": ["DC_1_0"],
-    "question_not_empty": ["DC_1_0"], "video_present": ["DC_1_0"], "duration_positive": ["10"],
+    "question_not_empty": ["DC_1_0"], "video_readable": ["DC_1_0"], "duration_positive": ["10"],
     "qid_unique": ["DC_1_0"], "window_start_not_negative": ["10"], "window_start_before_end": ["vlep_1"],
     "window_inside_duration": ["10"], "video_in_one_split": ["a/1@test", "a/1@train"],
 }
 
 
 @pytest.mark.parametrize("name", sorted(DEFECTS))
-def test_each_planted_defect_is_caught_and_named(tmp_path, name):
-    splits, videos = clean_world(tmp_path)
+def test_each_planted_defect_is_caught_and_named(clean_world, name):
+    splits, videos = clean_world()
     DEFECTS[name](splits)
     report = validate_records(splits, videos)
-    assert failing(report) == {name: NAMED[name]}
+    expectation = name.split("/")[0]
+    assert failing(report) == {expectation: NAMED[expectation]}
 
 
 def test_every_expectation_has_a_planted_defect():
-    assert set(DEFECTS) == {c.name for c in build_checks()}
+    assert {d.split("/")[0] for d in DEFECTS} == {c.name for c in build_checks()}
 
 
-def test_cli_writes_report_and_exits_nonzero(tmp_path, capsys):
-    splits, videos = clean_world(tmp_path)
+def test_cli_writes_report_and_exits_nonzero(tmp_path, clean_world, capsys):
+    splits, videos = clean_world()
     files = [write_records(tmp_path / f"{k}.jsonl", v) for k, v in splits.items()]
     out = tmp_path / "report.json"
     assert cli_main(["validate", *map(str, files), "--videos", str(videos), "--report", str(out)]) == 0
