@@ -1,0 +1,741 @@
+"""The one training loop every SeViLA training stage uses (Localizer pre-training on QVHighlights, Answerer
+fine-tuning on keyframes, Localizer self-refinement on pseudo-labels).
+
+Read top to bottom like a nanoGPT / torchtune recipe: no callbacks. A stage hands over a model, a dataset and
+`loss_fn(model, batch) -> scalar mean loss`; the loop owns everything that must be right for every stage:
+
+- AdamW over the trainable parameters only (BLIP-2's ViT and LLM are frozen; only the Q-Former side trains,
+  about 2.5% of the parameters), weight decay on matrices only (`param_groups`).
+- Linear warm-up then cosine decay of the learning rate, as LAVIS' `linear_warmup_cosine_lr` schedule used by
+  the official SeViLA code (`lr_at`).
+- Gradient accumulation: a global batch of `batch_size` examples per optimizer step, processed as
+  `batch_size / (micro_batch * world_size)` micro-steps per process; the update equals one big batch.
+- Reproducible data order: a seeded permutation per epoch (`epoch_batches`), so the position inside an epoch
+  is two integers that a checkpoint can hold.
+- Full-state checkpoints written atomically: `last/` every `checkpoint_every` steps (and at the end) and
+  `best/` by a validation metric. Rerunning `train` on the same `out_dir` resumes from `last/` and ends with
+  the same weights and metric history, bit for bit, as a run that was never interrupted.
+- `torchrun` / DDP: with WORLD_SIZE > 1 in the environment the loop joins the process group, splits each global
+  batch across ranks and averages gradients with DDP; only rank 0 writes checkpoints and logs.
+- bf16 autocast where the hardware has it (`Precision`).
+
+Checkpoint layout (a directory, published in one rename):
+  trainable.safetensors  the parameters with requires_grad (the frozen backbone is never copied), with
+                         metadata: format, step, which modules, the TrainConfig as JSON
+  state.pt               torch.save of tensors and primitives only, read back with weights_only=True:
+                         optimizer state, step/epoch/position, RNG states of every rank, metric history, best
+  meta.json              the same facts for humans
+`best/` holds `trainable.safetensors` and `meta.json` only (weights to use, not to resume from).
+
+What the loop needs from a model for exact resume: everything that changes during training is a parameter
+with requires_grad (buffers are not checkpointed); randomness comes from the global python/numpy/torch RNGs
+(restored) or, in dataset workers, from (seed, epoch, index). The loop calls `model.train()`; a model whose
+frozen parts must stay in eval mode (no dropout in a frozen LLM) overrides `train()` to keep them there, as
+LAVIS does with `disabled_train`.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import json
+import logging
+import math
+import os
+import pickle
+import random
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+from torch.utils.data import DataLoader, default_collate
+from tqdm.auto import tqdm
+
+from .io import atomic_write_json
+from .runlog import NullLogger, RunLogger
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "sevila.train/1"
+WEIGHTS_FILE = "trainable.safetensors"
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+LAST = "last"
+BEST = "best"
+
+
+class Precision(str, enum.Enum):
+    """Autocast policy. AUTO: bf16 autocast on a CUDA device that supports bf16, fp32 elsewhere (CPU bf16
+    matmuls are slow on most CPUs and change numerics, so CPU runs stay fp32 unless BF16 is asked for).
+    BF16: autocast to bf16 on any device. FP32: never autocast."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class Goal(str, enum.Enum):
+    """Whether a larger or smaller value of the validation metric is better (accuracy: MAX, loss: MIN)."""
+
+    MAX = "max"
+    MIN = "min"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run. Everything that determines the trajectory is compared on resume."""
+
+    lr: float  # peak learning rate, reached at the end of warm-up
+    epochs: int
+    batch_size: int  # GLOBAL examples per optimizer step (all processes, all micro-steps together)
+    micro_batch: int  # examples per forward pass on one process
+    weight_decay: float = 0.05  # on matrices only, see param_groups
+    warmup_steps: int = 0  # optimizer steps of linear warm-up
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_clip: float | None = None  # max global L2 norm of the trainable gradients; None: no clipping
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    checkpoint_every: int = 100  # optimizer steps between `last/` checkpoints; the final step always saves
+    eval_every: int | None = None  # optimizer steps between eval_fn calls; eval_fn also runs at the end
+    max_steps: int | None = None  # stop early (smoke tests); the schedule then spans max_steps
+    seed: int = 0
+    precision: Precision = Precision.AUTO
+    num_workers: int = 0  # DataLoader worker processes
+    find_unused_parameters: bool = False  # DDP: set when some trainable params get no gradient in a step
+    progress: bool = True  # tqdm bars (only on rank 0 and only when stderr is a terminal)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for name in ("epochs", "batch_size", "micro_batch", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        for name in ("eval_every", "max_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                bad(name, "must be >= 1 or null")
+        if not self.lr > 0:
+            bad("lr", "must be > 0")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", "must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            bad("min_lr_ratio", "must be in [0, 1]")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            bad("grad_clip", "must be > 0 or null")
+        if self.batch_size % self.micro_batch:
+            bad("batch_size", f"must be a multiple of micro_batch={self.micro_batch}")
+        if self.num_workers < 0:
+            bad("num_workers", "must be >= 0")
+        object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["precision"] = self.precision.value
+        d["betas"] = list(self.betas)
+        return d
+
+
+# Fields that may change between a run and its resumption without changing the trajectory.
+_OPERATIONAL_FIELDS = frozenset({"checkpoint_every", "num_workers", "progress"})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    step: int  # optimizer steps done
+    total_steps: int
+    history: list[dict[str, float]]  # one record per log call: {"step": s, name: value, ...}
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    best_value: float | None
+    best_step: int | None
+    resumed_from: int | None = None  # the step of the checkpoint this call started from, if any
+    final_metrics: dict[str, float] = field(default_factory=dict)  # the last eval_fn result
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is unreadable, unsafe, or does not fit the model/config it is loaded into."""
+
+
+# ----------------------------------------------------------------------------------------------- pure parts
+
+
+def param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups over the trainable parameters: decay on matrices and higher (ndim >= 2: linear and
+    embedding weights, query tokens), none on vectors and scalars (biases, LayerNorm gains/biases), the
+    rule of nanoGPT and, in effect, of LAVIS' BLIP-2 optimizer setup. Frozen parameters are left out.
+    Each group carries `param_names` (kept in the optimizer state, so a checkpoint says what it holds)."""
+    decay: list[tuple[str, nn.Parameter]] = []
+    no_decay: list[tuple[str, nn.Parameter]] = []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append((name, p))
+    groups = []
+    for pairs, wd in ((decay, weight_decay), (no_decay, 0.0)):
+        if pairs:
+            groups.append({"params": [p for _, p in pairs], "param_names": [n for n, _ in pairs],
+                           "weight_decay": wd})
+    return groups
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """Learning rate of optimizer step `step` (0-based) of `total_steps`.
+
+    Warm-up: base_lr * (step + 1) / warmup_steps for step < warmup_steps, so the first update already moves
+    and the last warm-up step reaches base_lr. Then cosine from base_lr down to min_lr_ratio * base_lr:
+    progress = (step - warmup) / (total - warmup), lr = min + (base - min) * (1 + cos(pi * progress)) / 2.
+    Steps at or past `total_steps` get the floor.
+    """
+    if step < 0 or total_steps < 1:
+        raise ValueError(f"lr_at: need step >= 0 and total_steps >= 1, got step={step}, total={total_steps}")
+    min_lr = base_lr * min_lr_ratio
+    if step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def steps_per_epoch(n_examples: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch. The tail of the permutation that does not fill a global batch is
+    dropped for that epoch (the next epoch's permutation puts other examples there), so every step sees
+    exactly `batch_size` examples and the split across ranks and micro-steps is always even."""
+    return n_examples // batch_size
+
+
+def epoch_batches(n_examples: int, epoch: int, seed: int, batch_size: int, micro_batch: int,
+                  rank: int = 0, world_size: int = 1, start_step: int = 0) -> list[list[int]]:
+    """The micro-batches (dataset indices) that process `rank` reads in `epoch`, from optimizer step
+    `start_step` of that epoch on. The order is a permutation drawn from torch.Generator(seed + epoch), so it
+    is the same for every run, rank and resumption. Global batch s of the epoch is perm[s*B:(s+1)*B]; rank r
+    takes its r-th contiguous share of B / world_size, cut into micro-batches."""
+    if batch_size % (micro_batch * world_size):
+        raise ValueError(f"batch_size={batch_size} is not a multiple of micro_batch={micro_batch} x "
+                         f"world_size={world_size}")
+    perm = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    share = batch_size // world_size
+    out: list[list[int]] = []
+    for s in range(start_step, steps_per_epoch(n_examples, batch_size)):
+        mine = perm[s * batch_size + rank * share: s * batch_size + (rank + 1) * share]
+        out.extend(mine[i:i + micro_batch] for i in range(0, share, micro_batch))
+    return out
+
+
+def use_bf16(precision: Precision, device: torch.device) -> bool:
+    if precision is Precision.FP32:
+        return False
+    if precision is Precision.BF16:
+        return True
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+# ------------------------------------------------------------------------------------------ RNG snapshots
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states as tensors and primitives (storable under weights_only=True)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((int(version), tuple(int(x) for x in internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(cached)))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters with requires_grad, by name (the frozen backbone is not part of a checkpoint)."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _modules_of(names: Sequence[str]) -> list[str]:
+    """The top-level submodules that own trainable parameters (what a checkpoint holds, in one line)."""
+    return sorted({n.split(".", 1)[0] for n in names})
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    """Put the complete directory `tmp` at `final`. POSIX cannot rename a directory over a non-empty one, so
+    the old one is first renamed aside to `.NAME.old`, the new one renamed in, then the old one deleted. At
+    every instant `final` is either absent or complete; if a crash lands between the two renames,
+    `recover_dir` puts `.NAME.old` back."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover_dir(final: Path) -> None:
+    """Finish or undo an interrupted `_publish_dir`, and delete temp dirs left by a crash mid-write."""
+    old = final.with_name(f".{final.name}.old")
+    if old.exists():
+        if final.exists():
+            shutil.rmtree(old)  # the new one made it; the old copy is stale
+        else:
+            os.replace(old, final)  # crashed between the renames: the old copy is the last complete one
+            log.warning("recovered %s from an interrupted checkpoint swap", final)
+    for stray in final.parent.glob(f".{final.name}.tmp-*"):
+        shutil.rmtree(stray, ignore_errors=True)
+
+
+def write_checkpoint_dir(final: Path, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
+                         state: Mapping[str, Any] | None = None) -> Path:
+    """Write weights (+ full state) into a temp directory beside `final`, fsync, and publish it in one swap.
+    A crash or error at any point leaves the previous `final` untouched and no partial directory visible
+    under the final name."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        tensors = {n: t.detach().to("cpu", copy=True).contiguous() for n, t in weights.items()}
+        st_meta = {"format": CHECKPOINT_FORMAT, "step": str(meta["step"]),
+                   "modules": json.dumps(meta["modules"]), "config": json.dumps(meta["config"])}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=st_meta)
+        files = [tmp / WEIGHTS_FILE]
+        if state is not None:
+            torch.save(dict(state), tmp / STATE_FILE)
+            files.append(tmp / STATE_FILE)
+        atomic_write_json(tmp / META_FILE, dict(meta))
+        files.append(tmp / META_FILE)
+        for f in files:
+            _fsync_file(f)
+            os.chmod(f, 0o644)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+        _publish_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def load_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a checkpoint's safetensors file (safe to read from an untrusted source)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for a corrupt header
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    return tensors, meta
+
+
+def load_state_file(path: str | Path) -> dict[str, Any]:
+    """The training state of a checkpoint, read with weights_only=True: tensors and primitives only, so a file
+    carrying pickled code (any class instance) is refused instead of executed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such state file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and primitives, which "
+                              f"could run code when loaded ({str(e).splitlines()[0]})") from e
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: unreadable training state ({e})") from e
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} training state")
+    return state
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    path: Path
+    step: int
+    modules: list[str]
+    n_tensors: int
+    n_elements: int
+
+    def __str__(self) -> str:
+        return (f"loaded {self.n_tensors} tensors ({self.n_elements:,} values) of modules "
+                f"{', '.join(self.modules)} from {self.path} (step {self.step})")
+
+
+def load_weights(model: nn.Module, ckpt_dir: str | Path) -> LoadReport:
+    """Copy a checkpoint's trainable weights into `model` in place. The checkpoint must hold exactly the
+    model's trainable parameters with the same shapes; a mismatch is an error listing what differs (no
+    partial, silent load). Returns, and logs, what was loaded."""
+    ckpt_dir = Path(ckpt_dir)
+    tensors, meta = load_weights_file(ckpt_dir / WEIGHTS_FILE)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{ckpt_dir / WEIGHTS_FILE}: format {meta.get('format')!r}, "
+                              f"expected {CHECKPOINT_FORMAT!r}")
+    params = trainable_state(model)
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt_dir}: does not match the model's trainable parameters; "
+                              f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+                              f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
+    for name, p in params.items():
+        if tuple(tensors[name].shape) != tuple(p.shape):
+            raise CheckpointError(f"{ckpt_dir}: {name} has shape {tuple(tensors[name].shape)} in the "
+                                  f"checkpoint, {tuple(p.shape)} in the model")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[name])
+    report = LoadReport(ckpt_dir, int(meta.get("step", -1)), json.loads(meta.get("modules", "[]")),
+                        len(tensors), sum(t.numel() for t in tensors.values()))
+    log.info("%s", report)
+    return report
+
+
+# ------------------------------------------------------------------------------------------ distributed
+
+
+@dataclass(frozen=True)
+class _Dist:
+    rank: int
+    world_size: int
+    local_rank: int
+    owns_group: bool  # this call initialised the process group and must destroy it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup_distributed() -> _Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(0, 1, 0, False)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    owns = False
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+        owns = True
+    return _Dist(dist.get_rank(), dist.get_world_size(), local_rank, owns)
+
+
+class _LossModule(nn.Module):
+    """Makes `loss_fn(model, batch)` the forward of one module, so DDP sees the forward whatever methods of
+    the model the loss function calls."""
+
+    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return type(batch)({k: _to_device(v, device) for k, v in batch.items()})
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_to_device(v, device) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    return batch
+
+
+# ------------------------------------------------------------------------------------------------- loop
+
+
+def train(model: nn.Module, dataset: Any, loss_fn: Callable[[nn.Module, Any], torch.Tensor], cfg: TrainConfig,
+          out_dir: str | Path, collate_fn: Callable[[list], Any] | None = None,
+          logger: RunLogger | None = None,
+          eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+          best_metric: str | None = None, best_goal: Goal = Goal.MAX, resume: bool = True,
+          device: str | torch.device | None = None) -> TrainResult:
+    """Train `model`'s parameters that have requires_grad on `dataset` (anything with len and [i]).
+
+    `loss_fn(model, batch)` returns the MEAN loss over the micro-batch (a scalar tensor); the loop scales it so
+    the update equals one step on the global batch. `eval_fn(model)` (model in eval mode, under no_grad, run on
+    rank 0 with the RNGs saved and restored around it, so evaluating never changes the training trajectory)
+    returns metrics; `best/` keeps the weights with the best `best_metric` by `best_goal`.
+
+    Files go to `out_dir/last/` and `out_dir/best/`. With `resume` and an existing `out_dir/last/`, training
+    continues from it (its config must match `cfg` in every field that affects the trajectory); without
+    `resume` an existing `last/` is an error, never silently overwritten. `device`: default cuda:LOCAL_RANK
+    when CUDA is available, else CPU; the model is moved there.
+
+    A fresh run seeds the global python/numpy/torch RNGs from `cfg.seed + rank` (ranks draw different dropout
+    masks); a resumed run restores them from the checkpoint. Build the model before calling (its own seeding
+    is the caller's); under DDP rank 0's parameters are broadcast to the others when the wrapper is built.
+    """
+    logger = logger or NullLogger()
+    if best_metric is not None and eval_fn is None:
+        raise ValueError("best_metric needs an eval_fn to compute it")
+    best_goal = Goal(best_goal)
+    out_dir = Path(out_dir)
+    ddp_env = _setup_distributed()
+    try:
+        return _train(model, dataset, loss_fn, cfg, out_dir, collate_fn or default_collate, logger, eval_fn,
+                      best_metric, best_goal, resume, device, ddp_env)
+    finally:
+        if ddp_env.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn, logger: RunLogger, eval_fn,
+           best_metric, best_goal: Goal, resume: bool, device, env: _Dist) -> TrainResult:
+    world, rank = env.world_size, env.rank
+    if cfg.batch_size % (cfg.micro_batch * world):
+        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be a multiple of micro_batch="
+                         f"{cfg.micro_batch} x world_size={world}")
+    n = len(dataset)
+    per_epoch = steps_per_epoch(n, cfg.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"the dataset has {n} examples, fewer than one global batch of {cfg.batch_size}")
+    total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.epochs * per_epoch, cfg.max_steps)
+    accum = cfg.batch_size // (cfg.micro_batch * world)
+
+    if device is None:
+        device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    model.to(device)
+    params = trainable_state(model)
+    if not params:
+        raise ValueError("the model has no parameter with requires_grad: nothing to train")
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                  eps=cfg.eps)
+    bf16 = use_bf16(cfg.precision, device)
+
+    # ---- start or resume
+    last_dir, best_dir = out_dir / LAST, out_dir / BEST
+    if env.main:
+        recover_dir(last_dir)
+        recover_dir(best_dir)
+    if world > 1:
+        dist.barrier()
+    step, epoch, pos = 0, 0, 0
+    history: list[dict[str, float]] = []
+    best_value: float | None = None
+    best_step: int | None = None
+    final_metrics: dict[str, float] = {}
+    resumed_from = None
+    if last_dir.exists():
+        if not resume:
+            raise FileExistsError(f"{last_dir} exists and resume=False: choose another out_dir or delete it")
+        state = _load_for_resume(model, optimizer, last_dir, cfg)
+        step, epoch, pos = int(state["step"]), int(state["epoch"]), int(state["position"])
+        history = [dict(h) for h in state["history"]]
+        best_value, best_step = state["best_value"], state["best_step"]
+        final_metrics = dict(state["final_metrics"])
+        rngs = state["rng"]
+        if len(rngs) == world:
+            set_rng_state(rngs[rank])
+        else:
+            log.warning("%s was written by %d processes, now %d: RNG streams reseeded, so the run will not "
+                        "match an uninterrupted one bit for bit", last_dir, len(rngs), world)
+            seed_everything(cfg.seed + 7919 * step + rank)
+        resumed_from = step
+        log.info("resuming from %s at step %d/%d (epoch %d, position %d)", last_dir, step, total, epoch, pos)
+    else:
+        seed_everything(cfg.seed + rank)  # ranks draw different dropout masks, as separate machines would
+    if env.main:
+        logger.log_params({f"train.{k}": v for k, v in cfg.to_dict().items()}
+                          | {"train.total_steps": total, "train.world_size": world})
+
+    runner: nn.Module = _LossModule(model, loss_fn)
+    ddp = None
+    if world > 1:
+        ddp = nn.parallel.DistributedDataParallel(
+            runner, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.find_unused_parameters,
+            forward_sync_buffers=False)  # buffers are synced once at construction; frozen ones never change
+        runner = ddp
+    trainable = list(params.values())
+
+    def record(metrics: Mapping[str, float]) -> None:
+        history.append({"step": step, **metrics})
+        if env.main:
+            logger.log_metrics(dict(metrics), step)
+
+    def evaluate() -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if env.main:
+            saved = rng_state()
+            model.eval()
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                metrics = {k: float(v) for k, v in eval_fn(model).items()}
+            model.train()
+            set_rng_state(saved)
+            if best_metric is not None and best_metric not in metrics:
+                raise KeyError(f"eval_fn returned no {best_metric!r} (best_metric); it returned {sorted(metrics)}")
+        if world > 1:
+            box = [metrics]
+            dist.broadcast_object_list(box, src=0)
+            metrics = box[0]
+        return metrics
+
+    def improved(value: float) -> bool:
+        if best_value is None:
+            return True
+        return value > best_value if best_goal is Goal.MAX else value < best_value
+
+    def meta(at_step: int) -> dict[str, Any]:
+        names = list(params)
+        return {"format": CHECKPOINT_FORMAT, "step": at_step, "total_steps": total, "modules": _modules_of(names),
+                "n_trainable_tensors": len(names), "n_trainable_values": sum(p.numel() for p in trainable),
+                "config": cfg.to_dict(), "world_size": world}
+
+    def save_last() -> None:
+        rng = rng_state()
+        rngs = [rng]
+        if world > 1:
+            rngs = [None] * world
+            dist.all_gather_object(rngs, rng)
+        if not env.main:
+            return
+        e, p = (epoch + 1, 0) if pos >= per_epoch else (epoch, pos)
+        state = {"format": CHECKPOINT_FORMAT, "step": step, "epoch": e, "position": p, "total_steps": total,
+                 "config": cfg.to_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,
+                 "history": history, "best_value": best_value, "best_step": best_step,
+                 "final_metrics": final_metrics, "world_size": world}
+        m = meta(step) | {"epoch": e, "position": p, "best_value": best_value, "best_step": best_step}
+        write_checkpoint_dir(last_dir, params, m, state)
+
+    show = cfg.progress and env.main and sys.stderr.isatty()
+    model.train()
+    epoch_bar = tqdm(total=cfg.epochs, initial=epoch, desc="epochs", disable=not show, position=0)
+    while step < total:
+        if pos >= per_epoch:
+            epoch, pos = epoch + 1, 0
+            epoch_bar.update(1)
+        micro = epoch_batches(n, epoch, cfg.seed, cfg.batch_size, cfg.micro_batch, rank, world, start_step=pos)
+        loader = DataLoader(dataset, batch_sampler=micro, collate_fn=collate_fn, num_workers=cfg.num_workers,
+                            pin_memory=device.type == "cuda",
+                            # worker seeds come from this generator, never from the global RNG we restore
+                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        batches = iter(loader)
+        step_bar = tqdm(total=min(per_epoch, pos + total - step), initial=pos, desc=f"epoch {epoch}",
+                        disable=not show, leave=False, position=1)
+        while pos < per_epoch and step < total:
+            lr = lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for k in range(accum):
+                batch = _to_device(next(batches), device)
+                sync = ddp is None or k == accum - 1  # all-reduce gradients once, on the last micro-step
+                with (contextlib.nullcontext() if sync else ddp.no_sync()):
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                        loss = runner(batch)
+                    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                        raise TypeError(f"loss_fn must return a scalar tensor, got "
+                                        f"{getattr(loss, 'shape', type(loss))}")
+                    (loss.float() / accum).backward()
+                loss_sum += loss.detach().float()
+            if world > 1:
+                dist.all_reduce(loss_sum)
+            loss_value = loss_sum.item() / (accum * world)
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at optimizer step {step + 1} (epoch {epoch}); "
+                                         "no update was applied")
+            metrics = {"loss": loss_value, "lr": lr}
+            if cfg.grad_clip is not None:
+                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step, pos = step + 1, pos + 1
+            record(metrics)
+            step_bar.update(1)
+            step_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+
+            if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
+                final_metrics = evaluate()
+                record(final_metrics)
+                if best_metric is not None and improved(final_metrics[best_metric]):
+                    best_value, best_step = final_metrics[best_metric], step
+                    if env.main:
+                        write_checkpoint_dir(best_dir, params, meta(step) | {
+                            "best_metric": best_metric, "best_goal": best_goal.value, "best_value": best_value})
+            if step % cfg.checkpoint_every == 0 or step == total:
+                save_last()
+        step_bar.close()
+    if pos >= per_epoch:
+        epoch_bar.update(1)
+    epoch_bar.close()
+    if world > 1:
+        dist.barrier()
+    return TrainResult(step=step, total_steps=total, history=history,
+                       last_checkpoint=last_dir if last_dir.exists() else None,
+                       best_checkpoint=best_dir if best_step is not None and best_dir.exists() else None,
+                       best_value=best_value, best_step=best_step, resumed_from=resumed_from,
+                       final_metrics=final_metrics)
+
+
+def _load_for_resume(model: nn.Module, optimizer: torch.optim.Optimizer, last_dir: Path,
+                     cfg: TrainConfig) -> dict[str, Any]:
+    state = load_state_file(last_dir / STATE_FILE)
+    saved, now = state["config"], cfg.to_dict()
+    differ = sorted(k for k in set(saved) | set(now)
+                    if k not in _OPERATIONAL_FIELDS and saved.get(k) != now.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in differ)
+        raise CheckpointError(f"{last_dir}: cannot resume, the config changed ({detail}); use a new out_dir")
+    load_weights(model, last_dir)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{last_dir / STATE_FILE}: optimizer state does not fit this model ({e})") from e
+    return state
