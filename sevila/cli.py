@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "model-info": "sevila.model_cli",
     "answer": "sevila.model_cli",
     "localize": "sevila.model_cli",
+    "report": "sevila.report",
     "stage": "sevila.stages",
 }
 

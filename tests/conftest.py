@@ -16,3 +16,12 @@ def realdata() -> Path:
     if not REALDATA.is_dir():
         pytest.fail(f"real annotation excerpts not found at {REALDATA} (set SEVILA_REALDATA)")
     return REALDATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_mlflow_store(tmp_path_factory):
+    """No test writes to the repo's mlflow.db: every run goes to a throwaway store unless a test sets its own."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+    yield
+    mp.undo()
