@@ -350,6 +350,10 @@ class SeViLA(nn.Module):
         ViT output is taken before it and each bridge applies its own (official `ln_vision` / `ln_vision_loc`).
         These features depend only on the frames: a feature cache stores exactly this tensor.
         """
+        return self.vision_features(pixels)
+
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`encode_frames` with autograd left on: only the synthetic world's backbone bootstrap trains the ViT."""
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise ValueError(f"pixels must be [N, 3, H, W], got {tuple(pixels.shape)}")
         size = self.config.image_size

@@ -38,37 +38,32 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import json
 import logging
 import math
 import os
-import pickle
 import random
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
-from .io import atomic_write_json
+# Checkpoint I/O lives in sevila/checkpoints.py (shared with model checkpoints); re-exported here for callers of
+# the training loop.
+from .checkpoints import (  # noqa: F401
+    CHECKPOINT_FORMAT, META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, LoadReport, _modules_of,
+    load_state_file, load_weights, load_weights_file, recover_dir, trainable_state, write_checkpoint_dir,
+)
 from .runlog import NullLogger, RunLogger
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "sevila.train/1"
-WEIGHTS_FILE = "trainable.safetensors"
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
 LAST = "last"
 BEST = "best"
 
@@ -162,10 +157,6 @@ class TrainResult:
     best_step: int | None
     resumed_from: int | None = None  # the step of the checkpoint this call started from, if any
     final_metrics: dict[str, float] = field(default_factory=dict)  # the last eval_fn result
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is unreadable, unsafe, or does not fit the model/config it is loaded into."""
 
 
 # ----------------------------------------------------------------------------------------------- pure parts
@@ -274,167 +265,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# ------------------------------------------------------------------------------------------- checkpoints
-
-
-def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters with requires_grad, by name (the frozen backbone is not part of a checkpoint)."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _modules_of(names: Sequence[str]) -> list[str]:
-    """The top-level submodules that own trainable parameters (what a checkpoint holds, in one line)."""
-    return sorted({n.split(".", 1)[0] for n in names})
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened for fsync
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish_dir(tmp: Path, final: Path) -> None:
-    """Put the complete directory `tmp` at `final`. POSIX cannot rename a directory over a non-empty one, so
-    the old one is first renamed aside to `.NAME.old`, the new one renamed in, then the old one deleted. At
-    every instant `final` is either absent or complete; if a crash lands between the two renames,
-    `recover_dir` puts `.NAME.old` back."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    _fsync_dir(final.parent)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def recover_dir(final: Path) -> None:
-    """Finish or undo an interrupted `_publish_dir`, and delete temp dirs left by a crash mid-write."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        if final.exists():
-            shutil.rmtree(old)  # the new one made it; the old copy is stale
-        else:
-            os.replace(old, final)  # crashed between the renames: the old copy is the last complete one
-            log.warning("recovered %s from an interrupted checkpoint swap", final)
-    for stray in final.parent.glob(f".{final.name}.tmp-*"):
-        shutil.rmtree(stray, ignore_errors=True)
-
-
-def write_checkpoint_dir(final: Path, weights: Mapping[str, torch.Tensor], meta: Mapping[str, Any],
-                         state: Mapping[str, Any] | None = None) -> Path:
-    """Write weights (+ full state) into a temp directory beside `final`, fsync, and publish it in one swap.
-    A crash or error at any point leaves the previous `final` untouched and no partial directory visible
-    under the final name."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        tensors = {n: t.detach().to("cpu", copy=True).contiguous() for n, t in weights.items()}
-        st_meta = {"format": CHECKPOINT_FORMAT, "step": str(meta["step"]),
-                   "modules": json.dumps(meta["modules"]), "config": json.dumps(meta["config"])}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata=st_meta)
-        files = [tmp / WEIGHTS_FILE]
-        if state is not None:
-            torch.save(dict(state), tmp / STATE_FILE)
-            files.append(tmp / STATE_FILE)
-        atomic_write_json(tmp / META_FILE, dict(meta))
-        files.append(tmp / META_FILE)
-        for f in files:
-            _fsync_file(f)
-            os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
-        _publish_dir(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
-def load_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a checkpoint's safetensors file (safe to read from an untrusted source)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such weights file")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for a corrupt header
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-    return tensors, meta
-
-
-def load_state_file(path: str | Path) -> dict[str, Any]:
-    """The training state of a checkpoint, read with weights_only=True: tensors and primitives only, so a file
-    carrying pickled code (any class instance) is refused instead of executed."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such state file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and primitives, which "
-                              f"could run code when loaded ({str(e).splitlines()[0]})") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: unreadable training state ({e})") from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} training state")
-    return state
-
-
-@dataclass(frozen=True)
-class LoadReport:
-    path: Path
-    step: int
-    modules: list[str]
-    n_tensors: int
-    n_elements: int
-
-    def __str__(self) -> str:
-        return (f"loaded {self.n_tensors} tensors ({self.n_elements:,} values) of modules "
-                f"{', '.join(self.modules)} from {self.path} (step {self.step})")
-
-
-def load_weights(model: nn.Module, ckpt_dir: str | Path) -> LoadReport:
-    """Copy a checkpoint's trainable weights into `model` in place. The checkpoint must hold exactly the
-    model's trainable parameters with the same shapes; a mismatch is an error listing what differs (no
-    partial, silent load). Returns, and logs, what was loaded."""
-    ckpt_dir = Path(ckpt_dir)
-    tensors, meta = load_weights_file(ckpt_dir / WEIGHTS_FILE)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{ckpt_dir / WEIGHTS_FILE}: format {meta.get('format')!r}, "
-                              f"expected {CHECKPOINT_FORMAT!r}")
-    params = trainable_state(model)
-    missing = sorted(set(params) - set(tensors))
-    unexpected = sorted(set(tensors) - set(params))
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt_dir}: does not match the model's trainable parameters; "
-                              f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
-                              f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}")
-    for name, p in params.items():
-        if tuple(tensors[name].shape) != tuple(p.shape):
-            raise CheckpointError(f"{ckpt_dir}: {name} has shape {tuple(tensors[name].shape)} in the "
-                                  f"checkpoint, {tuple(p.shape)} in the model")
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(tensors[name])
-    report = LoadReport(ckpt_dir, int(meta.get("step", -1)), json.loads(meta.get("modules", "[]")),
-                        len(tensors), sum(t.numel() for t in tensors.values()))
-    log.info("%s", report)
-    return report
 
 
 # ------------------------------------------------------------------------------------------ distributed
