@@ -32,6 +32,8 @@ class PathsConfig:
     world: str = "data/raw/synth"  # the synthetic world as generated (official formats)
     processed: str = "data/processed/synth"  # canonical records
     reports: str = "reports"
+    models: str = "models"  # trained modules: models/localizer/<id>/, models/answerer/<id>/ (round-suffixed)
+    runs: str = "runs"  # per-round pseudo-labels and predictions
 
 
 @dataclass(frozen=True)
@@ -56,12 +58,130 @@ class ValidateConfig:
     fail_on_error: bool = True
 
 
+class LocalizerId(str, enum.Enum):
+    """Which Localizer a stage or variant uses; the names are the variant-name suffixes (DESIGN.md §3)."""
+
+    BACKBONE = "none"  # the backbone's own Q-Former (BLIP-2's): no pre-training, no self-refinement
+    QVH = "qvh"  # pre-trained on moment labels (paper §3.3)
+    SR = "sr"  # self-refined from the backbone's Q-Former (paper §3.2)
+    QVH_SR = "qvh_sr"  # pre-trained, then self-refined
+
+    @property
+    def pretrained(self) -> bool:
+        return self in (LocalizerId.QVH, LocalizerId.QVH_SR)
+
+    @property
+    def refined(self) -> bool:
+        return self in (LocalizerId.SR, LocalizerId.QVH_SR)
+
+
+class AnswererId(str, enum.Enum):
+    ZERO_SHOT = "zero_shot"  # the backbone's Q-Former in the Answerer slot
+    FINETUNED = "finetuned"  # fine-tuned on keyframes (forward chain, paper §3.1)
+
+
+class FrameSelection(str, enum.Enum):
+    """Frames the Answerer is fine-tuned on: the Localizer's keyframes (SeViLA) or the ablations' alternatives."""
+
+    LOCALIZER = "localizer"
+    UNIFORM = "uniform"
+    RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Where the weights come from: our checkpoint (all parts), an HF BLIP-2 directory, or a LAVIS/SeViLA .pth
+    with `backbone` (an HF BLIP-2 directory) for the parts it lacks. Local paths only."""
+
+    weights: str = "models/backbone"
+    backbone: str | None = None
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    n_frames: int = 32  # uniformly sampled candidate frames per clip (the cached ViT features)
+    n_keyframes: int = 4
+    cache: str = "data/features"
+    bad_video: BadVideoPolicyName = BadVideoPolicyName.FAIL
+
+
+@dataclass(frozen=True)
+class StageTrain:
+    """Training settings of one stage (mirrors sevila.train.TrainConfig; paper values for real runs in the docs)."""
+
+    lr: float = 1e-4
+    epochs: int = 1
+    batch_size: int = 16
+    micro_batch: int = 16
+    weight_decay: float = 0.05
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+    checkpoint_every: int = 200
+    eval_every: int | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PretrainLocalizerConfig:
+    train: StageTrain = field(default_factory=StageTrain)
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    answerer: AnswererId = AnswererId.ZERO_SHOT  # round 1: the frozen zero-shot Answerer (paper §3.2)
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    starts: tuple[LocalizerId, ...] = (LocalizerId.BACKBONE, LocalizerId.QVH)  # -> sr, qvh_sr
+    train: StageTrain = field(default_factory=StageTrain)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    frames: FrameSelection = FrameSelection.LOCALIZER
+    localizer: LocalizerId = LocalizerId.QVH_SR
+    train: StageTrain = field(default_factory=StageTrain)
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """One evaluated configuration (a row of an ablation table). `selector`/`fusion` are sevila.selection's
+    typed modes, kept as their values here so config stays free of torch."""
+
+    study: str
+    selector: str = "localizer"
+    fusion: str = "concat"
+    n_frames: int = 32
+    n_keyframes: int = 4
+    localizer: LocalizerId = LocalizerId.QVH_SR
+    answerer: AnswererId = AnswererId.FINETUNED
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    split: str = "test"
+    dataset: str = "synth"  # MLflow experiment sevila/<dataset>/evaluate
+    variants: dict[str, VariantConfig] = field(default_factory=dict)
+    only: tuple[str, ...] = ()  # evaluate just these variants (DVC's foreach runs one per stage)
+
+
 @dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
+    round: int = 1  # self-refinement round (paper §3.2): part of every chain output path and record
+    model: ModelConfig = field(default_factory=ModelConfig)
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    pretrain_localizer: PretrainLocalizerConfig = field(default_factory=PretrainLocalizerConfig)
+    pseudo_label: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    refine_localizer: RefineConfig = field(default_factory=RefineConfig)
+    finetune_answerer: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -127,7 +247,8 @@ def _coerce(tp: Any, value: Any, where: str):
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        _key_tp, val_tp = typing.get_args(tp)
+        return {str(k): _coerce(val_tp, v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)

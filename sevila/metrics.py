@@ -315,3 +315,13 @@ def mean_roc_auc(per_question: Iterable[tuple[Sequence[float], Sequence[bool | i
     if scored:
         out["frame_auc"] = 100.0 * sum(scored) / len(scored)
     return out
+
+
+def localizer_metrics(in_span: Iterable[float | None],
+                      auc_pairs: Iterable[tuple[Sequence[float], Sequence[bool | int]]]) -> dict[str, float]:
+    """keyframe_in_span and frame_auc together, with their counts kept apart (`kis_*`, `auc_*`)."""
+    kis = aggregate_keyframe_in_span(in_span)
+    auc = mean_roc_auc(auc_pairs)
+    out = {k if k == "keyframe_in_span" else f"kis_{k}": v for k, v in kis.items()}
+    out |= {k if k == "frame_auc" else f"auc_{k}": v for k, v in auc.items()}
+    return out

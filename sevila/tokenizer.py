@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -25,6 +26,9 @@ REQUIRED_SINGLE_TOKENS: tuple[str, ...] = (prompts.YES, prompts.NO, "Option", "F
 
 _SPACE = "\u2581"  # sentencepiece's word-start marker
 _TEMPLATE_REPEATS = 50
+_WORD = re.compile(r"[A-Za-z0-9]+")  # a whole word, punctuation excluded
+_MIXED = re.compile(r"[A-Za-z0-9][^A-Za-z0-9]|[^A-Za-z0-9][A-Za-z0-9]")  # letters next to punctuation
+_DISABLED = -1e4  # a piece score no segmentation picks while alternatives exist
 
 
 def load_tokenizer(path: str | Path):
@@ -96,7 +100,14 @@ def build_tiny_tokenizer(
     # 2. add frequent whole words as pieces. Unigram training seeds its pieces from repeated substrings, and on a
     #    small templated corpus that yields ~100 pieces and 100-token prompts (the 77-token limit would cut every
     #    prompt). A word piece scored by its log frequency wins the Viterbi segmentation over its sub-pieces.
-    counts = Counter(w for text in corpus for w in text.split())
+    #    Words are counted WITHOUT attached punctuation, and pieces mixing letters with punctuation are disabled:
+    #    like T5's own vocabulary, "red." must read as "▁red" + "." so that an option ("Option B: red.") and the
+    #    frame's content ("a red circle") share the token the model has to match (with "▁red." a tiny T5 must first
+    #    learn that two unrelated ids mean the same word, and in practice never learns the matching).
+    for p in model.pieces:
+        if p.type == normal and _MIXED.search(p.piece.lstrip(_SPACE)):
+            p.score = _DISABLED
+    counts = Counter(w for text in corpus for w in _WORD.findall(text))
     n_words = sum(counts.values())
     budget = vocab_size - len(model.pieces) - sum(_SPACE + w not in by_piece for w in REQUIRED_SINGLE_TOKENS)
     frequent = sorted((w for w, c in counts.items() if c >= 2 and _SPACE + w not in by_piece),
@@ -107,7 +118,7 @@ def build_tiny_tokenizer(
         by_piece[piece.piece] = piece
 
     # 3. make every required word one piece: a whole-word piece with the best score always wins
-    best = max(p.score for p in model.pieces if p.type == normal)
+    best = max(p.score for p in model.pieces if p.type == normal and p.score > _DISABLED)
     for word in REQUIRED_SINGLE_TOKENS:
         piece = by_piece.get(_SPACE + word)
         if piece is None:

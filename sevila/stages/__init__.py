@@ -10,6 +10,12 @@ import json
 STAGES: dict[str, str] = {
     "prepare": "sevila.stages.prepare",
     "validate": "sevila.stages.validate",
+    "bootstrap": "sevila.stages.bootstrap",
+    "pretrain_localizer": "sevila.stages.pretrain_localizer",
+    "pseudo_label": "sevila.stages.pseudo_label",
+    "refine_localizer": "sevila.stages.refine_localizer",
+    "finetune_answerer": "sevila.stages.finetune_answerer",
+    "evaluate": "sevila.stages.evaluate",
 }
 
 

@@ -1,0 +1,75 @@
+"""Stage `finetune_answerer` (forward chain, paper §3.1): the frozen Localizer picks k of the n frames of each
+training question (top-k by score, kept in temporal order) and the Answerer learns `Option X` from them. Uniform
+or random frames are the typed alternatives the ablations need (`finetune_answerer.frames`)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sevila.chain import answerer_dir, clip_features, fit_module, load_model, qa_prompt_pair, read_split, stack
+from sevila.config import Config, FrameSelection, to_dict
+from sevila.io import atomic_write_json
+from sevila.selection import uniform_keyframes
+
+
+@torch.no_grad()
+def pick_frames(model, features: torch.Tensor, records, how: FrameSelection, k: int, seed: int) -> list[list[int]]:
+    """Frame indices (temporal order) each question of one clip trains on."""
+    t = features.shape[0]
+    if how is FrameSelection.UNIFORM:
+        return [uniform_keyframes(t, k)] * len(records)
+    if how is FrameSelection.RANDOM:  # seeded per question, so a rerun or a resume picks the same frames
+        return [sorted(np.random.default_rng([seed, *map(ord, r.qid)]).choice(t, size=min(k, t), replace=False)
+                       .tolist()) for r in records]
+    dev = next(model.t5.parameters()).device
+    feats = features[None].expand(len(records), *features.shape).to(dev)  # [Q, T, P, D]
+    out = model.localize(feats, [qa_prompt_pair(r)[1] for r in records], k)
+    return out.keyframes.cpu().tolist()
+
+
+def answerer_items(model, clips, how: FrameSelection, k: int, seed: int) -> list[dict]:
+    items = []
+    for c in clips:
+        recs = [r for r in c.records if r.answer is not None]
+        if not recs:
+            continue
+        for r, idx in zip(recs, pick_frames(model, c.features, recs, how, k, seed)):
+            items.append({"features": c.features[idx], "prompt": qa_prompt_pair(r)[0], "answer": r.answer,
+                          "n_options": len(r.options)})
+    return items
+
+
+def answerer_loss(model, batch: list[dict]) -> torch.Tensor:
+    dev = next(model.t5.parameters()).device
+    loss, _ = model.answerer_loss(stack(batch, "features").to(dev), [b["prompt"] for b in batch],
+                                  [b["answer"] for b in batch], [b["n_options"] for b in batch])
+    return loss
+
+
+def run(cfg: Config) -> dict:
+    from sevila import tracking
+
+    ft = cfg.finetune_answerer
+    model = load_model(cfg, localizer=ft.localizer)
+    k = cfg.frames.n_keyframes
+    items = answerer_items(model, clip_features(cfg, model, read_split(cfg, "train")), ft.frames, k, ft.train.seed)
+    tags = tracking.RunTags(variant=f"finetune_{ft.frames.value}", round=cfg.round, answerer="finetuned",
+                            loc_pretrain=ft.localizer.pretrained, loc_refine=ft.localizer.refined,
+                            n_frames=cfg.frames.n_frames, n_keyframes=k, dvc_stage="finetune_answerer")
+    with tracking.start_run(cfg.evaluate.dataset, tracking.Phase.FINETUNE, f"finetune_answerer_r{cfg.round}", tags,
+                            to_dict(cfg)) as run_log:
+        metrics = fit_module(cfg, model, "answerer", items, answerer_loss, "finetune_answerer", ft.train,
+                             answerer_dir(cfg), logger=run_log)
+        run_log.log_metrics({k_: float(v) for k_, v in metrics.items()})
+    metrics |= {"round": cfg.round, "questions": len(items), "frames": ft.frames.value, "localizer": ft.localizer.value}
+    atomic_write_json(Path(cfg.paths.reports) / f"finetune_answerer_r{cfg.round}.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sevila.cli import main as cli_main
+
+    return cli_main(["stage", "finetune_answerer", *(sys.argv[1:] if argv is None else argv)])
