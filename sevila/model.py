@@ -388,12 +388,26 @@ class SeViLA(nn.Module):
         tok, _ = self._need_tokenizer()
         return tokenize_prompts(tok, texts, self.config.max_text_len)
 
-    def _sequences(self, bridge: QFormerBridge, frames: torch.Tensor, text: TokenizedText) -> EncoderInputs:
-        """frames [N, K, P, Dv] + N prompt rows -> `[Frame 1: ][q1]..[Frame K: ][qK][prompt]` per row."""
+    def _bridge_queries(self, bridge: QFormerBridge, frames: torch.Tensor) -> torch.Tensor:
+        """frames [N, K, P, Dv] -> query embeddings in T5 space [N, K, Q, d].
+
+        Questions about one clip share its frames: callers pass them as a stride-0 `expand` over N, and then each
+        frame goes through the Q-Former once instead of once per question (the Q-Former never sees the text)."""
         n, k = frames.shape[:2]
         t5_dtype = self.t5.get_input_embeddings().weight.dtype  # the Q-Former may run in fp32 beside a bf16 T5
+        if n > 1 and frames.stride(0) == 0:
+            once = bridge(frames[0]).to(t5_dtype)  # [K, Q, d]
+            return once.unsqueeze(0).expand(n, *once.shape)  # [N, K, Q, d] (a view)
         queries = bridge(frames.flatten(0, 1)).to(t5_dtype)  # [N*K, Q, d]
-        queries = queries.view(n, k, *queries.shape[1:])  # [N, K, Q, d]
+        return queries.view(n, k, *queries.shape[1:])  # [N, K, Q, d]
+
+    def _sequences(self, bridge: QFormerBridge, frames: torch.Tensor, text: TokenizedText) -> EncoderInputs:
+        """frames [N, K, P, Dv] + N prompt rows -> `[Frame 1: ][q1]..[Frame K: ][qK][prompt]` per row."""
+        return self._assemble(self._bridge_queries(bridge, frames), text)  # queries [N, K, Q, d]
+
+    def _assemble(self, queries: torch.Tensor, text: TokenizedText) -> EncoderInputs:
+        """queries [N, K, Q, d] + N prompt rows -> T5 encoder inputs (frame prefixes, queries, prompt)."""
+        n, k = queries.shape[:2]
         device = queries.device
         blocks = []
         for i, ids in enumerate(self.frame_prefix_ids(k)):
@@ -420,8 +434,12 @@ class SeViLA(nn.Module):
         self._check_features(features, f"{module} per-frame inputs")
         b, t = features.shape[:2]
         _check_batch(texts, b, "prompts")
-        frames = features.reshape(b * t, 1, *features.shape[2:])  # [B*T, 1, P, Dv]
         text = self._repeat_rows(self.tokenize(texts), t)  # [B*T, Lt]
+        if b > 1 and features.stride(0) == 0:  # B questions over one clip's T frames: T Q-Former passes, not B*T
+            queries = self._bridge_queries(self.bridge(module), features[:1])  # [1, T, Q, d]
+            queries = queries.expand(b, *queries.shape[1:]).reshape(b * t, 1, *queries.shape[2:])  # [B*T, 1, Q, d]
+            return self._assemble(queries, text)
+        frames = features.reshape(b * t, 1, *features.shape[2:])  # [B*T, 1, P, Dv]
         return self._sequences(self.bridge(module), frames, text)
 
     def answerer_inputs(self, features: torch.Tensor, texts: Sequence[str]) -> EncoderInputs:
