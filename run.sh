@@ -5,4 +5,4 @@ cd "$(dirname "$0")"
 bash scripts/bootstrap.sh
 export HF_HUB_OFFLINE=1 GX_ANALYTICS_ENABLED=false DO_NOT_TRACK=1
 export PATH="$PWD/.venv/bin:$PATH"  # dvc.yaml stages call the `sevila` command
-dvc repro "$@"
+sevila repro "$@"  # dvc repro with every stage's MLflow run under one parent run

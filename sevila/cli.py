@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "localize": "sevila.model_cli",
     "report": "sevila.report",
     "stage": "sevila.stages",
+    "repro": "sevila.repro",
 }
 
 

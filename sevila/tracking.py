@@ -403,6 +403,12 @@ def client(uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
+def metric_history(run_id: str, key: str, uri: str | None = None) -> dict[int, float]:
+    """A metric's value per step; a resumed run replays steps, and the last value logged for a step wins."""
+    history = sorted(client(uri).get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+    return {m.step: m.value for m in history}
+
+
 def _artifact_location(uri: str, name: str) -> str | None:
     db = sqlite_path(uri)
     if db is None:

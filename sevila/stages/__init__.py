@@ -16,6 +16,7 @@ STAGES: dict[str, str] = {
     "refine_localizer": "sevila.stages.refine_localizer",
     "finetune_answerer": "sevila.stages.finetune_answerer",
     "evaluate": "sevila.stages.evaluate",
+    "report": "sevila.stages.report",
 }
 
 

@@ -1,0 +1,454 @@
+"""The DVC graph (dvc.yaml) without running its heavy stages: every stage is there in chain order, each reads
+exactly its own params and code, its templated paths are the ones the stage code writes, no two stages share
+an output, a setting change invalidates only the stages that read it (real `dvc status` on a copy), the plots
+render, and `sevila repro` nests a real `dvc repro`'s stage runs under one MLflow parent run."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import networkx as nx
+import pytest
+import yaml
+
+from sevila.stages import STAGES
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+CHAIN = ["prepare", "validate", "bootstrap", "pretrain_localizer", "pseudo_label", "refine_localizer",
+         "finetune_answerer", "evaluate", "report"]
+# Another helper writes the bootstrap stage; until it lands, checks that need its files or params skip it.
+BOOTSTRAP_LANDED = (REPO / "sevila/stages/bootstrap.py").is_file() and "bootstrap" in PARAMS
+
+# Modules a stage imports that cannot change what it writes: the command line, atomic file writes, and the
+# run loggers (tracking only matters to the report, which reads MLflow).
+NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/io.py", "sevila/runlog.py", "sevila/tracking.py"}
+# prepare imports every benchmark reader through sevila.data.annotations; the synthetic world is read only
+# through the NExT-QA and QVHighlights ones.
+NOT_READ = {"prepare": {"sevila/data/__init__.py", "sevila/data/how2qa.py", "sevila/data/star.py",
+                        "sevila/data/tvqa.py", "sevila/data/vlep.py", "sevila/data/sevila_json.py"}}
+CONTENT_FOR = {"report": {"sevila/tracking.py"}}
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict:
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        repo.index.check_graph()  # overlapping or duplicated outputs raise here
+        yield {s.addressing: s for s in repo.index.stages}, repo.index.graph
+
+
+def _family(name: str) -> str:
+    return name.split("@", 1)[0]
+
+
+def _code_deps(stage) -> set[str]:
+    return {d.def_path for d in stage.deps if d.def_path.startswith("sevila/")}
+
+
+def _data_deps(stage) -> set[str]:
+    return {d.def_path for d in stage.deps if not d.def_path.startswith("sevila/") and d.def_path != "params.yaml"}
+
+
+def _params(stage) -> list[str]:
+    return [k for d in stage.deps if d.def_path == "params.yaml" for k in d.params]
+
+
+def _outs(stage) -> set[str]:
+    return {o.def_path for o in stage.outs}
+
+
+# ---------------------------------------------------------------------------------------------- structure
+
+
+def test_every_stage_is_in_the_graph_and_evaluate_covers_exactly_the_variants(stages):
+    by_name, _ = stages
+    assert set(CHAIN) == set(STAGES)  # the registry and this test agree on what the stages are
+    assert {_family(n) for n in by_name} == set(STAGES)
+    assert sorted(n for n in by_name if n.startswith("evaluate@")) == sorted(
+        f"evaluate@{v}" for v in PARAMS["evaluate"]["variants"])
+    for v in PARAMS["evaluate"]["variants"]:
+        assert by_name[f"evaluate@{v}"].cmd == f"sevila stage evaluate -o evaluate.only=[{v}]"
+    for name in set(STAGES) - {"evaluate"}:
+        assert by_name[name].cmd == f"sevila stage {name}"
+
+
+def test_stages_chain_in_pipeline_order(stages):
+    """Each stage's upstream stages, pinned. The chain is a DAG, not a line: pseudo_label (round 1 labels with
+    the zero-shot Answerer) needs no pre-trained Localizer, so DVC may run it beside pretrain_localizer."""
+    by_name, graph = stages
+    evaluates = {n for n in by_name if n.startswith("evaluate@")}
+    data = {"prepare", "validate", "bootstrap"}
+    expected = {
+        "prepare": set(), "validate": {"prepare"}, "bootstrap": {"prepare", "validate"},
+        "pretrain_localizer": data, "pseudo_label": data,
+        "refine_localizer": data | {"pretrain_localizer", "pseudo_label"},
+        "finetune_answerer": data | {"pretrain_localizer", "pseudo_label", "refine_localizer"},
+        "report": data | {"pretrain_localizer", "pseudo_label", "refine_localizer", "finetune_answerer"} | evaluates,
+    }
+    expected |= {n: expected["finetune_answerer"] | {"finetune_answerer"} for n in evaluates}
+    # DVC's edges point from a stage to the stages it depends on: descendants = everything upstream
+    assert {n: {d.addressing for d in nx.descendants(graph, s)} for n, s in by_name.items()} == expected
+    assert list(STAGES) == CHAIN  # flows.pipeline runs STAGES in this (topological) order
+
+
+def test_no_two_stages_share_or_nest_an_output(stages):
+    by_name, _ = stages
+    owner: dict[str, str] = {}
+    for name, s in by_name.items():
+        for out in _outs(s):
+            assert out not in owner, f"{out} is an output of both {owner[out]} and {name}"
+            owner[out] = name
+    paths = sorted(owner)
+    for a in paths:
+        for b in paths:
+            assert a == b or not b.startswith(a + "/"), f"{b} ({owner[b]}) lies inside {a} ({owner[a]})"
+
+
+def test_data_and_models_are_dvc_outputs_metrics_uncached(stages):
+    by_name, _ = stages
+    for name, s in by_name.items():
+        for o in s.outs:
+            top = o.def_path.split("/")[0]
+            assert top in ("data", "models", "runs", "reports"), f"{name}: {o.def_path} would not be git-ignored"
+            if o.metric:
+                assert not o.use_cache and o.def_path.endswith(".json"), f"{name}: metrics {o.def_path}"
+    for name in ("bootstrap", "pretrain_localizer", "pseudo_label", "refine_localizer", "finetune_answerer"):
+        assert any(o.metric for o in by_name[name].outs), f"{name} has no DVC metrics file"
+    assert all(any(o.metric for o in s.outs) for n, s in by_name.items() if n.startswith("evaluate@"))
+
+
+# ---------------------------------------------------------------------------------------------- params
+
+
+def _lookup(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def test_every_params_key_exists_in_params_yaml(stages):
+    by_name, _ = stages
+    for name, s in by_name.items():
+        if name == "bootstrap" and not BOOTSTRAP_LANDED:
+            continue
+        for key in _params(s):
+            try:
+                _lookup(PARAMS, key)
+            except KeyError:
+                pytest.fail(f"{name}: params key {key!r} is not in params.yaml (dvc exp run -S needs plain keys)")
+
+
+def test_each_evaluate_stage_reads_only_its_own_variant(stages):
+    by_name, _ = stages
+    for v in PARAMS["evaluate"]["variants"]:
+        keys = _params(by_name[f"evaluate@{v}"])
+        variant_keys = [k for k in keys if k.startswith("evaluate.variants")]
+        assert variant_keys == [f"evaluate.variants.{v}"]
+        # the frames a variant uses are its own n_frames / n_keyframes, not the training `frames` setting
+        assert "frames.n_frames" not in keys and "frames" not in keys and "frames.bad_video" in keys
+    assert "evaluate.variants" in _params(by_name["report"])  # the report lists the defined variants
+
+
+def test_settings_are_read_only_where_they_matter(stages):
+    """Pinned: which stages a change of a few settings invalidates (before downstream propagation)."""
+    by_name, _ = stages
+
+    def readers(key: str) -> set[str]:
+        out = set()
+        for name, s in by_name.items():
+            if any(key == k or key.startswith(k + ".") for k in _params(s)):
+                out.add(_family(name))
+        return out
+
+    assert readers("frames.n_keyframes") == {"pretrain_localizer", "finetune_answerer"}
+    assert readers("frames.n_frames") == {"pretrain_localizer", "pseudo_label", "refine_localizer",
+                                          "finetune_answerer"}
+    assert readers("pseudo_label.answerer") == {"pseudo_label"}
+    assert readers("refine_localizer.train.lr") == {"refine_localizer"}
+    assert readers("world.videos") == {"prepare"}
+    assert readers("round") == {"pseudo_label", "refine_localizer", "finetune_answerer", "evaluate", "report"}
+    assert not readers("frames.cache")  # where features are cached, not what they are
+
+
+# ---------------------------------------------------------------------------------------------- deps
+
+
+def _module_file(name: str) -> Path | None:
+    p = REPO / (name.replace(".", "/") + ".py")
+    if p.is_file():
+        return p
+    p = REPO / name.replace(".", "/") / "__init__.py"
+    return p if p.is_file() else None
+
+
+def _imports(path: Path) -> set[str]:
+    """sevila modules imported anywhere in a file (function-level imports included)."""
+    package = list(path.relative_to(REPO).parts[:-1])  # the package a relative import starts from
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("sevila")}
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                mod = ".".join(base + ([mod] if mod else []))
+            if mod.startswith("sevila"):
+                found.add(mod)
+                found |= {f"{mod}.{a.name}" for a in node.names if _module_file(f"{mod}.{a.name}")}
+    return found
+
+
+def import_closure(module: str) -> set[str]:
+    seen, todo = set(), [module]
+    while todo:
+        m = todo.pop()
+        f = _module_file(m)
+        if m in seen or f is None:
+            continue
+        seen.add(m)
+        todo += _imports(f)
+    return {str(_module_file(m).relative_to(REPO)) for m in seen}
+
+
+@pytest.mark.parametrize("family", [s for s in STAGES if s != "bootstrap"] + ["bootstrap"])
+def test_code_deps_are_the_modules_the_stage_imports(stages, family):
+    if family == "bootstrap" and not BOOTSTRAP_LANDED:
+        pytest.skip("the bootstrap stage (another helper's) has not landed yet")
+    by_name, _ = stages
+    wanted = import_closure(STAGES[family]) - (NOT_CONTENT - CONTENT_FOR.get(family, set()))
+    wanted -= NOT_READ.get(family, set())
+    for name, s in by_name.items():
+        if _family(name) == family:
+            assert _code_deps(s) == wanted, (f"{name}: missing {sorted(wanted - _code_deps(s))}, "
+                                            f"not imported {sorted(_code_deps(s) - wanted)}")
+
+
+def test_deps_exist_or_are_made_by_a_stage(stages):
+    by_name, _ = stages
+    outs = {o: n for n, s in by_name.items() for o in _outs(s)}
+    for name, s in by_name.items():
+        for dep in _code_deps(s):
+            if name == "bootstrap" and not BOOTSTRAP_LANDED:
+                continue
+            assert (REPO / dep).is_file(), f"{name}: code dep {dep} does not exist"
+        for dep in _data_deps(s):
+            makers = [n for o, n in outs.items() if dep == o or dep.startswith(o + "/") or o.startswith(dep + "/")]
+            assert makers, f"{name}: {dep} is neither in git nor made by any stage"
+            assert name not in makers, f"{name} depends on its own output {dep}"
+
+
+# ---------------------------------------------------------------------------------------------- paths = code
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    from sevila.config import load_config
+
+    return load_config(REPO / "params.yaml")
+
+
+def test_templated_paths_are_where_the_stage_code_writes(stages, cfg):
+    from sevila.chain import answerer_dir, localizer_dir
+    from sevila.config import LocalizerId
+    from sevila.stages.evaluate import variant_dir
+    from sevila.stages.pseudo_label import label_file
+    from sevila.stages.refine_localizer import REFINED
+
+    by_name, _ = stages
+    rep = cfg.paths.reports
+    assert _outs(by_name["prepare"]) == {cfg.paths.world, cfg.paths.processed}
+    assert _outs(by_name["bootstrap"]) == {cfg.model.weights, f"{rep}/bootstrap.json"}
+    assert _outs(by_name["pretrain_localizer"]) == {str(localizer_dir(cfg, LocalizerId.QVH)),
+                                                    f"{rep}/pretrain_localizer.json"}
+    lf = label_file(cfg)
+    assert _outs(by_name["pseudo_label"]) == {str(lf), str(lf.with_name("pseudo_label_stats.json"))}
+    assert _outs(by_name["refine_localizer"]) == {str(localizer_dir(cfg, REFINED[LocalizerId(s)]))
+                                                  for s in cfg.refine_localizer.starts} | {
+        f"{rep}/refine_localizer_r{cfg.round}.json"}
+    assert _outs(by_name["finetune_answerer"]) == {str(answerer_dir(cfg)),
+                                                   f"{rep}/finetune_answerer_r{cfg.round}.json"}
+    assert str(localizer_dir(cfg, cfg.finetune_answerer.localizer)) in _data_deps(by_name["finetune_answerer"])
+    for v in cfg.evaluate.variants:
+        assert _outs(by_name[f"evaluate@{v}"]) == {str(variant_dir(cfg, v) / "predictions.jsonl"),
+                                                   str(variant_dir(cfg, v) / "metrics.json")}
+    assert _outs(by_name["report"]) == {f"{rep}/ablations.md", f"{rep}/ablations.json", f"{rep}/curves"}
+
+
+def test_each_variant_depends_on_the_modules_it_loads(stages, cfg):
+    """evaluate.py's load_model(cfg, localizer=v.localizer, answerer=v.answerer) loads these directories."""
+    from sevila.chain import answerer_dir, localizer_dir
+    from sevila.config import AnswererId, LocalizerId
+
+    by_name, _ = stages
+    for name, v in cfg.evaluate.variants.items():
+        loaded = {cfg.model.weights}
+        if v.localizer is not LocalizerId.BACKBONE:
+            loaded.add(str(localizer_dir(cfg, v.localizer)))
+        if v.answerer is AnswererId.FINETUNED:
+            loaded.add(str(answerer_dir(cfg)))
+        assert loaded <= _data_deps(by_name[f"evaluate@{name}"]), name
+        assert f"{cfg.paths.processed}/{cfg.evaluate.split}.jsonl" in _data_deps(by_name[f"evaluate@{name}"])
+
+
+# ---------------------------------------------------------------------------------------------- dvc status
+
+
+def _dvc(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=180)
+
+
+def _placeholder(path: Path) -> None:
+    if path.exists():
+        return
+    if path.suffix in (".json", ".jsonl", ".md", ".py"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("[]\n" if path.suffix != ".py" else "# placeholder\n")
+    else:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "placeholder").write_text("x\n")
+
+
+@pytest.fixture(scope="module")
+def committed_copy(stages, tmp_path_factory) -> Path:
+    """A copy of the project (dvc.yaml, params.yaml, the code) with placeholder outputs, every stage committed
+    to dvc.lock as if it had run: `dvc status` there is clean until something changes."""
+    by_name, _ = stages
+    root = tmp_path_factory.mktemp("dvc-copy")
+    shutil.copy(REPO / "dvc.yaml", root)
+    params = dict(PARAMS)
+    params.setdefault("bootstrap", {})  # until the bootstrap stage lands with its section
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for s in by_name.values():
+        for dep in _code_deps(s):
+            dst = root / dep
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(REPO / dep, dst) if (REPO / dep).is_file() else _placeholder(dst)
+    for s in by_name.values():
+        for out in _outs(s):
+            _placeholder(root / out)
+    for s in by_name.values():
+        for dep in _data_deps(s):
+            _placeholder(root / dep)
+    assert _dvc("init", "--no-scm", "-q", cwd=root).returncode == 0
+    res = _dvc("commit", "-f", "-q", cwd=root)
+    assert res.returncode == 0, res.stderr
+    return root
+
+
+def _status(root: Path) -> dict:
+    res = _dvc("status", "--json", cwd=root)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout or "{}")
+
+
+def test_dvc_status_invalidates_only_the_stages_a_setting_feeds(committed_copy):
+    root = committed_copy
+    assert _status(root) == {}
+    original = (root / "params.yaml").read_text()
+    try:
+        params = yaml.safe_load(original)
+        params["evaluate"]["variants"]["f16k4_qvh_sr"]["n_keyframes"] = 2
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        changed = _status(root)
+        assert set(changed) == {"evaluate@f16k4_qvh_sr", "report"}  # report lists the variants' settings
+        assert "evaluate.variants.f16k4_qvh_sr" in json.dumps(changed["evaluate@f16k4_qvh_sr"])
+
+        params = yaml.safe_load(original)
+        params["frames"]["n_keyframes"] = 2
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert set(_status(root)) == {"pretrain_localizer", "finetune_answerer"}
+    finally:
+        (root / "params.yaml").write_text(original)
+    assert _status(root) == {}
+
+
+def test_dvc_plots_render_accuracy_per_variant_and_loss_curves(committed_copy):
+    root = committed_copy
+    (root / "reports/ablations.json").write_text(json.dumps([{"variant": "a", "accuracy": 50.0},
+                                                             {"variant": "b", "accuracy": 62.5}]))
+    curves = root / "reports/curves"
+    (curves / "placeholder").unlink(missing_ok=True)
+    (curves / "pretrain_localizer.json").write_text(json.dumps([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}]))
+    res = _dvc("plots", "show", "--json", cwd=root)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)["data"]
+    acc = data["accuracy per variant"][0]["content"]
+    assert acc["encoding"]["x"]["field"] == "accuracy" and acc["encoding"]["y"]["field"] == "variant"
+    assert [(r["variant"], r["accuracy"]) for r in acc["data"]["values"]] == [("a", 50.0), ("b", 62.5)]
+    loss = data["reports/curves/pretrain_localizer.json"][0]["content"]
+    assert [(r["step"], r["loss"]) for r in loss["data"]["values"]] == [(1, 2.0), (2, 1.0)]
+
+
+# ---------------------------------------------------------------------------------------------- sevila repro
+
+
+PROBE = """\
+import sys
+from sevila import tracking
+with tracking.start_run("synth", tracking.Phase.EVALUATE, sys.argv[1], tracking.RunTags(variant=sys.argv[1])):
+    pass
+sys.exit(int(sys.argv[2]))
+"""
+
+
+def _probe_project(root: Path, first_exit: int = 0) -> Path:
+    """Two chained stages, each logging one MLflow run through sevila.tracking (as `sevila stage` does); the
+    first then exits with `first_exit`. `python` is the venv's: sevila repro puts its bin folder first on PATH."""
+    root.mkdir()
+    (root / "probe.py").write_text(PROBE)
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {
+        "one": {"cmd": f"python probe.py probe_one {first_exit} && echo x > one.txt", "deps": ["probe.py"],
+                "outs": ["one.txt"]},
+        "two": {"cmd": "python probe.py probe_two 0 && echo x > two.txt", "deps": ["one.txt"], "outs": ["two.txt"]}}}))
+    assert _dvc("init", "--no-scm", "-q", cwd=root).returncode == 0
+    return root
+
+
+def test_sevila_repro_nests_every_stage_run_under_one_parent(tmp_path, monkeypatch):
+    from sevila import repro, tracking
+
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    root = _probe_project(tmp_path / "ok")
+    assert repro.repro([], root=root) == 0
+    runs = tracking.runs_frame()
+    parent = runs[(runs["run_name"] == "dvc-repro") & (runs["tags.dvc_args"] == "")]
+    assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+    children = runs[runs["parent_run_id"] == parent["run_id"].iloc[0]]
+    assert sorted(children["run_name"]) == ["probe_one", "probe_two"]
+    assert (children["status"] == "FINISHED").all()
+    assert tracking.PARENT_RUN_ENV not in os.environ  # restored after the block
+
+
+def test_sevila_repro_marks_the_parent_failed_and_returns_dvc_status(tmp_path, monkeypatch):
+    from sevila import repro, tracking
+
+    monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
+    root = _probe_project(tmp_path / "bad", first_exit=3)
+    assert repro.repro(["--force"], root=root) != 0
+    runs = tracking.runs_frame()
+    parent = runs[(runs["run_name"] == "dvc-repro") & (runs["tags.dvc_args"] == "--force")]
+    assert list(parent["status"]) == ["FAILED"]
+    children = runs[runs["parent_run_id"] == parent["run_id"].iloc[0]]
+    assert list(children["run_name"]) == ["probe_one"]  # dvc stopped at the failed stage
+
+
+def test_sevila_repro_passes_every_argument_to_dvc():
+    from sevila.cli import build_parser
+    from sevila.repro import dvc_command
+
+    args = build_parser("repro").parse_args(["repro", "-f", "--dry", "report", "--help"])
+    assert args.dvc_args == ["-f", "--dry", "report", "--help"]
+    assert dvc_command(["--", "-f"])[1:] == ["-m", "dvc", "repro", "-f"]
