@@ -121,7 +121,6 @@ def build_checks() -> list[Check]:
     import great_expectations as gx
 
     E = gx.expectations
-    qa_rows = "kind == 'qa'"  # GE row_condition with the pandas engine
     return [
         Check("option_count", "questions", E.ExpectColumnPairValuesToBeEqual(
             column_A="n_options", column_B="expected_options", ignore_row_if="either_value_is_missing")),

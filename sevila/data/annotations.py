@@ -132,6 +132,14 @@ def clip_window(start: float | None, end: float | None) -> tuple[float | None, f
     return start, end
 
 
+def require_id(d: dict, key: str, path: str | Path, where: str) -> str:
+    """A record id given as an int or a non-empty string (the files mix both), as a string."""
+    raw = d.get(key)
+    if isinstance(raw, bool) or not isinstance(raw, (int, str)) or str(raw) == "":
+        raise AnnotationError(path, where, f"missing or bad {key!r} {raw!r}")
+    return str(raw)
+
+
 def require_str(d: dict, key: str, path: str | Path, where: str) -> str:
     if key not in d:
         raise AnnotationError(path, where, f"missing field {key!r}")

@@ -17,6 +17,7 @@ from sevila.data.annotations import (
     check_video_id,
     iter_json_records,
     parse_seconds,
+    require_id,
     require_str,
     split_from_name,
 )
@@ -53,10 +54,7 @@ def read_qvhighlights(path: str | Path) -> list[MomentRecord]:
     split = split_from_name(path)
     out: list[MomentRecord] = []
     for where, d in iter_json_records(path):
-        raw = d.get("qid")
-        if isinstance(raw, bool) or not isinstance(raw, (int, str)) or str(raw) == "":
-            raise AnnotationError(path, where, f"missing or bad 'qid' {raw!r}")
-        qid = str(raw)
+        qid = require_id(d, "qid", path, where)
         duration = parse_seconds(d.get("duration"), path, where, "duration")
         if duration is None or duration <= 0:
             raise AnnotationError(path, where, f"record {qid!r}: bad duration {d.get('duration')!r}")

@@ -23,6 +23,7 @@ from sevila.data.annotations import (
     iter_json_records,
     parse_answer,
     parse_seconds,
+    require_id,
     require_str,
     split_from_name,
 )
@@ -63,10 +64,7 @@ def read_tvqa(path: str | Path) -> list[QARecord]:
     split = split_from_name(path)
     out: list[QARecord] = []
     for where, d in iter_json_records(path):
-        raw_qid = d.get("qid")
-        if isinstance(raw_qid, bool) or not isinstance(raw_qid, (int, str)) or str(raw_qid) == "":
-            raise AnnotationError(path, where, f"missing or bad 'qid' {raw_qid!r}")
-        qid = str(raw_qid)
+        qid = require_id(d, "qid", path, where)
         if "ts" not in d:
             raise AnnotationError(path, where, f"record {qid!r}: missing field 'ts'")
         options = options_of(d, path, where)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sevila.data.annotations import (
+    require_id,
     AnnotationError,
     check_video_id,
     clip_window,
@@ -29,10 +30,7 @@ def read_vlep(path: str | Path) -> list[QARecord]:
     file_split = split_from_name(path)
     out: list[QARecord] = []
     for where, d in iter_json_records(path):
-        raw = d.get("example_id")
-        if isinstance(raw, bool) or not isinstance(raw, (int, str)) or str(raw) == "":
-            raise AnnotationError(path, where, f"missing or bad 'example_id' {raw!r}")
-        qid = str(raw)
+        qid = require_id(d, "example_id", path, where)
         events = d.get("events")
         if not isinstance(events, list) or len(events) != 2 or not all(isinstance(e, str) for e in events):
             raise AnnotationError(path, where, f"record {qid!r}: 'events' must be a list of 2 texts, got {events!r}")
