@@ -175,6 +175,9 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     round: int = 1  # self-refinement round (paper §3.2): part of every chain output path and record
+    # The synthetic world's backbone recipe; typed and checked by sevila.bootstrap.BootstrapSettings when the
+    # stage runs (kept plain here so loading settings never imports torch).
+    bootstrap: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     frames: FramesConfig = field(default_factory=FramesConfig)
     pretrain_localizer: PretrainLocalizerConfig = field(default_factory=PretrainLocalizerConfig)
