@@ -136,9 +136,10 @@ class BootstrapSettings:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     batch_size: int = 64
-    match_steps: int = 900  # phase 1: 2-3 option MATCH (+ captions)
-    text_steps: int = 900  # phase 2: 2-5 option MATCH + TEXT_QA (+ captions)
-    joint_steps: int = 900  # phase 3: FRAME_QA + captions + TEXT_QA, cosine decay
+    match_steps: int = 800  # phase 1: two-option MATCH only (the plateau breaks here)
+    text_steps: int = 600  # phase 2: 2-5 option MATCH + TEXT_QA + captions
+    joint_steps: int = 1000  # phase 3: FRAME_QA + captions + TEXT_QA + MATCH, cosine decay
+    eval_every: int | None = None  # steps between evaluations inside a phase (None: at each phase's end)
     frames_per_video: int = 48  # frames decoded per training video (captions of all, QA of those in the event)
     n_eval_frames: int = 32  # frames per validation video for the single-frame accuracies
     n_text_metas: int = 4000  # world metadata sampled for TEXT_QA (text only)
@@ -174,7 +175,7 @@ def curriculum(s: BootstrapSettings) -> tuple[Phase, ...]:
     learns to match); frames enter QA only once the T5 matches on text."""
     cap = TaskSpec(Task.CAPTION)
     return (
-        Phase("match", s.match_steps, (TaskSpec(Task.MATCH, 2, 2), TaskSpec(Task.MATCH, 2, 3), cap)),
+        Phase("match", s.match_steps, (TaskSpec(Task.MATCH, 2, 2),)),
         Phase("text", s.text_steps, (TaskSpec(Task.MATCH, 2, 5), TaskSpec(Task.MATCH, 4, 5),
                                      TaskSpec(Task.TEXT_QA, 2, 5), TaskSpec(Task.TEXT_QA, 5, 5), cap)),
         Phase("joint", s.joint_steps, (TaskSpec(Task.FRAME_QA), TaskSpec(Task.FRAME_QA), TaskSpec(Task.TEXT_QA),
@@ -525,6 +526,9 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     def eval_text_only(m: SeViLA) -> dict[str, float]:
         return {"match_acc": text_accuracy(m, eval_match), "text_acc": text_accuracy(m, eval_text)}
 
+    def eval_all(m: SeViLA) -> dict[str, float]:
+        return eval_text_only(m) | single_frame_accuracy(m, val_table, val_recs)
+
     loss_fn = BootstrapLoss(train_table.pixels)
     history: list[dict[str, float]] = []
     done = 0
@@ -534,9 +538,14 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
         cfg = TrainConfig(lr=s.lr, epochs=1, batch_size=s.batch_size, micro_batch=s.batch_size,
                           weight_decay=s.weight_decay, warmup_steps=min(s.warmup_steps, phase.steps),
                           min_lr_ratio=1.0 if phase.constant_lr else 0.0, grad_clip=s.grad_clip,
-                          checkpoint_every=max(1, phase.steps), seed=s.seed + k, progress=progress)
+                          checkpoint_every=max(1, phase.steps), eval_every=s.eval_every, seed=s.seed + k,
+                          progress=progress)
+        uses_frames = any(spec.task is Task.FRAME_QA for spec in phase.mix)
         result = train(model, data, loss_fn, cfg, work / f"phase{k}_{phase.name}", collate_fn=collate_examples,
-                       eval_fn=eval_text_only)
+                       eval_fn=eval_all if uses_frames else eval_text_only)
+        for h in result.history:
+            if "match_acc" in h:
+                log.info("bootstrap %s step %d: %s", phase.name, h["step"], {k: round(v, 3) for k, v in h.items()})
         done += result.step
         history.append({"phase": float(k), "step": float(done), **result.final_metrics})
         log.info("bootstrap phase %s: %d steps, %s", phase.name, result.step, result.final_metrics)
