@@ -226,9 +226,9 @@ def subset_options(options: Sequence[str], answer: int, n_options: int, rng: ran
     return [options[i] for i in keep], keep.index(answer)
 
 
-def match_example(rng: random.Random, n_options: int) -> Example:
-    """`Frame: red. Option A: green. Option B: red.` -> `Option B` (distinct words from MATCH_WORDS)."""
-    words = rng.sample(MATCH_WORDS, n_options)
+def match_example(rng: random.Random, n_options: int, pool: Sequence[str] = MATCH_WORDS) -> Example:
+    """`Frame: red. Option A: green. Option B: red.` -> `Option B` (distinct words from `pool`)."""
+    words = rng.sample(list(pool), n_options)
     answer = rng.randrange(n_options)
     prompt = f"{prompts.SINGLE_FRAME_PREFIX}{words[answer]}. " + prompts.lettered_options(
         [record_option(w) for w in words])
@@ -370,25 +370,33 @@ def _text_inputs(model: SeViLA, texts: Sequence[str]) -> EncoderInputs:
 
 
 class BootstrapLoss:
-    """loss_fn for `train`: mean over examples of each example's mean token cross-entropy, computed per task
-    group (text, frame QA, captions) so a long caption does not outweigh a three-token `Option X`."""
+    """loss_fn for `train`: the mean over examples of each example's mean token cross-entropy.
+
+    One T5 pass per task (not per batch): a short MATCH prompt is not padded to a long TEXT_QA one, and a caption
+    (many target tokens) does not outweigh a three-token `Option X` as one pooled token mean would let it."""
 
     def __init__(self, pixels: torch.Tensor) -> None:
         self.pixels = pixels  # [N, 3, S, S] training frames
 
     def __call__(self, model: SeViLA, batch: Sequence[Example]) -> torch.Tensor:
-        groups: dict[str, list[Example]] = {}
+        groups: dict[Task, list[Example]] = {}
         for ex in batch:
-            key = "text" if not ex.task.uses_frame else ex.task.value
-            groups.setdefault(key, []).append(ex)
+            groups.setdefault(ex.task, []).append(ex)
         total = torch.zeros(())
-        for key, exs in groups.items():
-            if key == "text":
-                inputs = _text_inputs(model, [e.prompt for e in exs])
+        frames = [e for task in Task if task.uses_frame for e in groups.get(task, ())]  # in loop order
+        if frames:  # one ViT pass for every frame of the batch
+            px = self.pixels[[e.frame for e in frames]]  # [n, 3, S, S]
+            feats = model.vision_features(px).unsqueeze(1)  # [n, 1, P, Dv]
+        start = 0
+        for task in Task:
+            exs = groups.get(task)
+            if not exs:
+                continue
+            if task.uses_frame:
+                inputs = model.per_frame_inputs("answerer", feats[start:start + len(exs)], [e.prompt for e in exs])
+                start += len(exs)
             else:
-                px = self.pixels[[e.frame for e in exs]]  # [n, 3, S, S]
-                feats = model.vision_features(px).unsqueeze(1)  # [n, 1, P, Dv]
-                inputs = model.per_frame_inputs("answerer", feats, [e.prompt for e in exs])
+                inputs = _text_inputs(model, [e.prompt for e in exs])
             total = total + model._lm_loss(inputs, [e.target for e in exs]) * len(exs)
         return total / len(batch)
 
@@ -520,11 +528,13 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     val_captions = caption_examples(val_table, metas)
     eval_rng = random.Random(f"{s.seed}:eval")
     eval_pool = text_metas(s.n_eval_text, _world_seed(world_dir, s.seed) + 1)
+    eval_match2 = [match_example(eval_rng, 2) for _ in range(s.n_eval_text)]
     eval_match = [match_example(eval_rng, 5) for _ in range(s.n_eval_text)]
     eval_text = [text_qa_example(eval_rng, m, 5) for m in eval_pool]
 
     def eval_text_only(m: SeViLA) -> dict[str, float]:
-        return {"match_acc": text_accuracy(m, eval_match), "text_acc": text_accuracy(m, eval_text)}
+        return {"match2_acc": text_accuracy(m, eval_match2), "match_acc": text_accuracy(m, eval_match),
+                "text_acc": text_accuracy(m, eval_text)}
 
     def eval_all(m: SeViLA) -> dict[str, float]:
         return eval_text_only(m) | single_frame_accuracy(m, val_table, val_recs)
