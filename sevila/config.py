@@ -258,6 +258,11 @@ def _coerce(tp: Any, value: Any, where: str):
         except ValueError:
             raise ConfigError(f"{where}: {value!r} is not one of {[m.value for m in tp]}") from None
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

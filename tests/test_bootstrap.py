@@ -1,28 +1,44 @@
-"""The synthetic world's backbone bootstrap (sevila/bootstrap.py): example builders pinned on a tiny generated world,
-the rules that keep the reverse chain honest (no answer on a frame outside the event, no Localizer prompt), and a
-fast end-to-end run whose checkpoint loads back as a complete model with both modules starting from the same
-Q-Former."""
+"""The synthetic world's backbone bootstrap (sevila/bootstrap.py), pinned on a tiny generated world:
+
+- the example builders (MATCH, TEXT_QA on 1-4 frames, YES_NO, GROUND, FRAME_QA, FRAME_MATCH) and the slot words a
+  frame is grounded in, checked against the world's own metadata (`synth.visible_objects`, the event span);
+- the key invariant of the design: a text task writes the frame as exactly the tokens whose embeddings the
+  Answerer's queries are trained to hit, so the text layout IS the frame layout once the queries are exact;
+- the rules that keep the reverse chain honest (QA only on event frames, no Localizer prompt);
+- the curriculum, the losses and accuracies (pinned with a bridge that returns the slot embeddings exactly), the
+  settings, and a fast end-to-end run whose checkpoint loads back complete, frozen, with twin Q-Formers.
+"""
+import contextlib
+import dataclasses
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from sevila import bootstrap as boot
 from sevila import prompts
-from sevila.bootstrap import (CAPTION_PROMPT, MATCH_WORDS, BootstrapLoss, BootstrapSettings, Example, Phase,
-                              PhaseData, Task, TaskSpec, bootstrap_backbone, caption_examples, curriculum,
-                              event_rows, frame_qa_example, frame_qa_pool, load_frame_table, match_example,
-                              subset_options, text_metas, text_qa_example, world_model_config, _metas_by_video)
+from sevila.bootstrap import (EMPTY_SLOTS, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET, BootstrapLoss,
+                              BootstrapSettings, HeldOut, Phase, PhaseData, Pools, Task, TaskSpec,
+                              bootstrap_backbone, choice_accuracy, curriculum, event_frame_pool, event_rows,
+                              event_slots, frame_match_example, frame_qa_example, frame_qa_pool, frames_text,
+                              ground_accuracy, ground_examples, ground_loss, load_frame_table, match_example,
+                              outside_slots, shows_event, slot_ids, slot_text, slot_words, subset_options,
+                              text_inputs, text_metas, text_qa_example, world_model_config, yes_no_accuracy,
+                              yes_no_example, _metas_by_video, _world_tokenizer_texts)
 from sevila.checkpoints import load_sevila, read_header
 from sevila.config import ConfigError, build, load_config
 from sevila.data import synth
 from sevila.data.records import read_records
 from sevila.model import SeViLA
 from sevila.stages import prepare
-from sevila.tokenizer import build_tiny_tokenizer
+from sevila.tokenizer import build_tiny_tokenizer, prefix_ids
 
 N_FRAMES = 6  # frames per training video in these tests
+REPO = Path(__file__).resolve().parents[1]
+OPTION_RE = re.compile(r"Option ([A-E]): (.*?\.)(?= Option| Considering|$)")
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +59,68 @@ def train_table(world):
     return recs, load_frame_table(f"{world.paths.world}/videos", [r.video for r in recs], N_FRAMES, 32)
 
 
+@pytest.fixture(scope="module")
+def metas(world):
+    return _metas_by_video(Path(world.paths.world))
+
+
+@pytest.fixture(scope="module")
+def text_pool():
+    return text_metas(20, seed=2)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory, train_table, text_pool):
+    """The world's tokenizer as the stage builds it (`_world_tokenizer_texts`), at the tiny run's vocab size."""
+    recs, _ = train_table
+    return build_tiny_tokenizer(_world_tokenizer_texts(recs, text_pool), tmp_path_factory.mktemp("tok") / "t", 256)
+
+
+def _model(tok, seed: int = 0) -> SeViLA:
+    torch.manual_seed(seed)
+    return SeViLA(world_model_config(len(tok), 32, d_model=16, t5_heads=2), tok)
+
+
+@pytest.fixture(scope="module")
+def model(tok):
+    """A fresh world model (read-only in the tests that share it)."""
+    return _model(tok)
+
+
+def _split_frames(prompt: str) -> tuple[list[str], list[tuple[str, ...]], str]:
+    """A text task's prompt -> (frame prefixes, each frame's slot words, the rest of the prompt)."""
+    frame = re.compile(r"(Frame(?: \d+)?: )([a-z]+(?: [a-z]+)*)\. ")
+    prefixes, slots, pos = [], [], 0
+    while m := frame.match(prompt, pos):
+        prefixes.append(m[1])
+        slots.append((*m[2].split(), "."))
+        pos = m.end()
+    return prefixes, slots, prompt[pos:]
+
+
+class FixedQueries(torch.nn.Module):
+    """A bridge that ignores the frames and returns given queries [n, Q, d]: an exact Q-Former, to pin the maths."""
+
+    def __init__(self, queries: torch.Tensor) -> None:
+        super().__init__()
+        self.queries = queries
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        assert features.shape[0] == self.queries.shape[0]
+        return self.queries
+
+
+@contextlib.contextmanager
+def exact_answerer(model: SeViLA, queries: torch.Tensor):
+    """Swap the Answerer bridge for FixedQueries(queries) (pytest's monkeypatch cannot restore a submodule)."""
+    real = model.answerer
+    model.answerer = FixedQueries(queries)
+    try:
+        yield
+    finally:
+        model.answerer = real
+
+
 # ------------------------------------------------------------------------------------------- text builders
 
 
@@ -57,9 +135,13 @@ def test_match_example_names_the_option_that_repeats_the_frame_word():
             options = re.findall(r"Option ([A-E]): (\w+)\.", listed)
             assert [letter for letter, _ in options] == list("ABCDE"[:n])
             words = [w for _, w in options]
-            assert len(set(words)) == n and set(words) <= set(MATCH_WORDS)
+            assert len(set(words)) == n and set(words) <= set(MATCH_WORDS) and word in words
             assert ex.target == f"Option {'ABCDE'[words.index(word)]}" and ex.task is Task.MATCH and ex.frame == -1
             assert listed == prompts.lettered_options([w + "." for w in words])  # the official option format
+    two_words = {w for _ in range(50) for w in re.findall(r"\w+(?=\.)", match_example(rng, 2, MATCH_WORDS[:2]).prompt)}
+    assert two_words == set(MATCH_WORDS[:2])  # the vocab phase's pool: the first two words only
+    with pytest.raises(ValueError):
+        match_example(rng, 3, MATCH_WORDS[:2])  # more options than distinct words
 
 
 def test_subset_options_keeps_the_answer():
@@ -75,48 +157,129 @@ def test_subset_options_keeps_the_answer():
         subset_options(opts, 5, 2, rng)
 
 
-def test_text_qa_example_writes_the_event_caption_and_the_official_answerer_prompt():
+def test_slot_words_name_what_the_frame_shows(metas, train_table):
+    _, table = train_table
+    n_inside = 0
+    for row, (video, t) in enumerate(zip(table.videos, table.times)):
+        meta, t = metas[video], float(t)
+        words = slot_words(meta, t)
+        assert len(words) == SLOT_WORDS and words[-1] == "."
+        s, e = meta["event"]
+        if s <= t <= e:  # the big target alone
+            n_inside += 1
+            tg = meta["target"]
+            assert words == ("big", tg["colour"], tg["shape"], ".") == event_slots(meta)
+        else:
+            shown = synth.visible_objects(meta, t)
+            first = ("small", shown[0]["colour"], shown[0]["shape"], ".") if shown else EMPTY_SLOTS
+            assert words == first and words[0] != "big"
+    assert n_inside == 3  # pinned: at 6 frames per video, 3 of the 24 training frames fall in an event
+
+    # a frame with nothing on screen (a distractor gone, outside the event)
+    bare = {"event": [5.0, 6.0], "target": {"colour": "red", "shape": "circle"},
+            "distractors": [{"colour": "blue", "shape": "square", "span": [0.0, 1.0]}]}
+    assert slot_words(bare, 3.0) == EMPTY_SLOTS == ("a", "grey", "background", ".")
+    assert slot_words(bare, 0.5) == ("small", "blue", "square", ".")
+    assert slot_words(bare, 5.0) == slot_words(bare, 6.0) == ("big", "red", "circle", ".")  # ends inclusive
+
+    assert slot_text(("big", "red", "circle", ".")) == "big red circle."
+    assert slot_text(EMPTY_SLOTS) == "a grey background."
+    assert frames_text([("big", "red", "circle", ".")]) == "Frame: big red circle. "
+    assert frames_text([EMPTY_SLOTS, ("small", "blue", "square", ".")]) == (
+        "Frame 1: a grey background. Frame 2: small blue square. ")
+
+
+def test_outside_slots_are_a_distractor_or_nothing():
+    meta = text_metas(1, seed=3)[0]
+    allowed = {("small", d["colour"], d["shape"], ".") for d in meta["distractors"]} | {EMPTY_SLOTS}
+    rng = random.Random(0)
+    draws = [outside_slots(rng, meta) for _ in range(500)]
+    assert set(draws) <= allowed and all(len(d) == SLOT_WORDS for d in draws)
+    assert 0.12 < draws.count(EMPTY_SLOTS) / 500 < 0.28  # one time in five
+    assert len(set(draws)) == len(allowed)  # every distractor turns up
+
+
+def test_text_qa_example_writes_slot_frames_and_the_official_answerer_prompt():
     metas = text_metas(30, seed=7)
-    assert all(m["index"] >= 10_000_000 for m in metas)  # never a video of a generated world
+    assert all(m["index"] >= TEXT_META_OFFSET for m in metas)  # never a video of a generated world
     rng = random.Random(2)
+    event_places = {1: set(), 2: set(), 4: set()}
     for meta in metas:
-        ex = text_qa_example(rng, meta, 5)
         tg = meta["target"]
-        head = f"Frame: a big {tg['colour']} {tg['shape']}. Question: "
-        assert ex.prompt.startswith(head) and ex.prompt.endswith(prompts.ANSWERER_SUFFIX)
-        options = re.findall(r"Option [A-E]: (.*?\.)(?= Option| Considering)", ex.prompt)
-        assert len(options) == 5
-        chosen = options["ABCDE".index(ex.target[-1])]
-        question = ex.prompt[len(head):ex.prompt.index("? Option A")]
-        qtype = next(q["type"] for q in meta["questions"] if q["question"] == question)
-        # the right option names what the event frame shows: its colour (DO: its shape)
-        assert (tg["shape"] if qtype == "DO" else tg["colour"]) in chosen
+        distractors = {("small", d["colour"], d["shape"], ".") for d in meta["distractors"]}
+        for n_frames in (1, 2, 4):
+            ex = text_qa_example(rng, meta, 5, n_frames)
+            assert ex.task is Task.TEXT_QA and ex.frame == -1
+            prefixes, slots, rest = _split_frames(ex.prompt)
+            assert prefixes == prompts.frame_prefixes(n_frames)  # `Frame: ` alone, `Frame i: ` for several
+            assert ex.prompt == frames_text(slots) + rest
+            assert all(len(s) == SLOT_WORDS for s in slots)
+            big = [i for i, s in enumerate(slots) if s[0] == "big"]
+            assert len(big) == 1 and slots[big[0]] == event_slots(meta)  # exactly one frame in the event
+            assert all(s in distractors or s == EMPTY_SLOTS for i, s in enumerate(slots) if i != big[0])
+            event_places[n_frames].add(big[0])
+
+            options = OPTION_RE.findall(rest)
+            assert [letter for letter, _ in options] == list("ABCDE")
+            question = rest[len("Question: "):rest.index(" Option A")]
+            assert rest == prompts.answerer_prompt(question, [o for _, o in options])  # the official prompt
+            q = next(q for q in meta["questions"] if q["question"] + "?" == question)
+            chosen = dict(options)[ex.target[-1]]
+            assert sorted(o[:-1] for _, o in options) == sorted(q["options"])
+            # the right option names what the event frame shows: its colour (DO: its shape)
+            if q["type"] == "DC":
+                assert chosen == tg["colour"] + "."
+            elif q["type"] == "DO":
+                assert chosen == tg["shape"] + "."
+            else:
+                assert f"big {tg['colour']} {tg['shape']}" in chosen
+    assert event_places == {1: {0}, 2: {0, 1}, 4: {0, 1, 2, 3}}  # the event frame is anywhere among the others
     two = text_qa_example(random.Random(3), metas[0], 2)
     assert two.prompt.count("Option ") == 2
+
+
+def test_yes_no_example_says_yes_exactly_when_the_frame_shows_the_word():
+    metas = text_metas(20, seed=5)
+    rng = random.Random(4)
+    answers = []
+    for i in range(400):
+        ex = yes_no_example(rng, metas[i % 20])
+        prefixes, slots, rest = _split_frames(ex.prompt)
+        assert ex.task is Task.YES_NO and prefixes == ["Frame: "] and len(slots[0]) == SLOT_WORDS
+        m = re.fullmatch(r"Question: is there a (\w+)( shape)?\?", rest)
+        assert m, ex.prompt
+        word, colour = m[1], bool(m[2])
+        assert word in (synth.COLOURS if colour else synth.SHAPES)
+        assert ex.target == (prompts.YES if word in slots[0] else prompts.NO)
+        answers.append(ex.target)
+    assert 0.3 < answers.count(prompts.YES) / 400 < 0.6  # both answers, yes a little under half the time
 
 
 # ------------------------------------------------------------------------------------------- frame builders
 
 
-def test_frame_table_and_captions_cover_every_sampled_frame(world, train_table):
+def test_ground_examples_cover_every_frame_with_its_slot_words(metas, train_table):
     recs, table = train_table
-    videos = sorted({r.video for r in recs})
-    assert len(videos) == 4 and len(table) == 4 * N_FRAMES  # pinned: 4 training videos x 6 frames
+    assert len({r.video for r in recs}) == 4 and len(table) == 4 * N_FRAMES  # pinned: 4 training videos x 6
     assert table.pixels.shape == (24, 3, 32, 32)
-    metas = _metas_by_video(synth.Path(world.paths.world))
-    caps = caption_examples(table, metas)
-    assert len(caps) == 24 and all(c.task is Task.CAPTION and c.prompt == CAPTION_PROMPT for c in caps)
-    assert [c.frame for c in caps] == list(range(24))
-    for c in caps:
-        meta = metas[table.videos[c.frame]]
-        s, e = meta["event"]
-        inside = s <= table.times[c.frame] <= e
-        assert c.target.startswith("a big ") == inside  # the event frame shows the big target, others do not
+    ground = ground_examples(table, metas)
+    assert [e.frame for e in ground] == list(range(24)) and all(e.task is Task.GROUND for e in ground)
+    inside = []
+    for e in ground:
+        meta, t = metas[table.videos[e.frame]], float(table.times[e.frame])
+        s, end = meta["event"]
+        assert e.slots == slot_words(meta, t) and e.prompt == e.target == ""
+        assert shows_event(e) == (s <= t <= end)
+        inside += [e] if s <= t <= end else []
+    pools = Pools([], ground, [], event_frame_pool(table, metas))
+    assert pools.ground_event == inside and len(inside) == 3
+    assert sorted(row for _, row in pools.frame_match) == [e.frame for e in inside]  # same event frames
+    with pytest.raises(KeyError, match="no entry in world.jsonl"):
+        ground_examples(table, {})
 
 
-def test_frame_qa_uses_only_frames_inside_the_event(world, train_table):
+def test_frame_qa_uses_only_frames_inside_the_event(metas, train_table):
     recs, table = train_table
-    metas = _metas_by_video(synth.Path(world.paths.world))
     pool = frame_qa_pool(table, recs)
     # expected count from the world's own metadata (event span in world.jsonl, not the records' evidence)
     expected = 0
@@ -131,127 +294,375 @@ def test_frame_qa_uses_only_frames_inside_the_event(world, train_table):
     rng = random.Random(0)
     for rec, row in pool:
         ex = frame_qa_example(rng, rec, row)
-        options = re.findall(r"Option [A-E]: (.*?\.)(?= Option| Considering)", ex.prompt)
+        options = [o for _, o in OPTION_RE.findall(ex.prompt)]
         assert sorted(options) == sorted(rec.options)  # all options, re-shuffled
         assert options["ABCDE".index(ex.target[-1])] == rec.options[rec.answer]
-        assert ex.prompt.startswith(f"Question: {rec.question} ") and ex.frame == row
+        assert ex.prompt == prompts.answerer_prompt(rec.question, options) and ex.frame == row
 
 
-def test_phase_data_is_deterministic_follows_the_mix_and_never_asks_the_localizer(world, train_table):
+def test_frame_match_names_the_event_frames_colour_or_shape(metas, train_table):
+    _, table = train_table
+    pool = event_frame_pool(table, metas)
+    rng = random.Random(5)
+    kinds = set()
+    for i in range(100):
+        meta, row = pool[i % len(pool)]
+        n = 2 + i % 4
+        ex = frame_match_example(rng, meta, row, n)
+        assert ex.task is Task.FRAME_MATCH and ex.frame == row
+        words = [o[:-1] for _, o in OPTION_RE.findall(ex.prompt)]
+        assert ex.prompt == prompts.lettered_options([w + "." for w in words])  # bare options, no frame text
+        assert len(words) == n == len(set(words))
+        right = words["ABCDE".index(ex.target[-1])]
+        kind = synth.COLOURS if right == meta["target"]["colour"] else synth.SHAPES
+        assert right in (meta["target"]["colour"], meta["target"]["shape"]) and set(words) <= set(kind)
+        kinds.add(kind is synth.SHAPES)
+    assert kinds == {False, True}  # colours and shapes both asked
+
+
+# ------------------------------------------------------------------------------------------- the key invariant
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 4])
+def test_text_layout_equals_the_frame_layout(model, text_pool, n_frames):
+    """`Frame: big red circle. Question: ...` as text is token for token the Answerer's input on a frame whose
+    query tokens are the embeddings of its slot words: what the T5 learns on text holds on frames."""
+    tok = model.tokenizer
+    for k in range(6):
+        ex = text_qa_example(random.Random(k), text_pool[k], 5, n_frames)
+        prefixes, slots, rest = _split_frames(ex.prompt)
+        assert len(slots) == n_frames
+        ids = slot_ids(model, slots)  # [K, Q]
+        assert ids.shape == (n_frames, SLOT_WORDS) and (ids != tok.pad_token_id).all()  # one token per word
+
+        text = text_inputs(model, [ex.prompt])
+        answerer_text = model.tokenize([rest])
+        assert not text.truncated.any() and not answerer_text.truncated.any()
+        # token ids: prefixes and slot words where the visual tokens go, then the answerer prompt
+        expected = [i for p, row in zip(prefixes, ids.tolist()) for i in prefix_ids(tok, p) + row]
+        assert tok(ex.prompt).input_ids == expected + answerer_text.ids[0].tolist()
+
+        frame = model._assemble(model._embed(ids).unsqueeze(0), answerer_text)  # queries [1, K, Q, d]
+        assert frame.visual_len == model.visual_len(n_frames) == len(expected)
+        assert text.embeds.shape == frame.embeds.shape and torch.equal(text.embeds, frame.embeds)
+        assert torch.equal(text.mask, frame.mask)
+
+
+def test_frame_path_with_exact_queries_reads_the_same_text(model, metas, train_table):
+    """Through the real per-frame path of BootstrapLoss / choice_accuracy: a bridge whose queries are exactly the
+    slot-word embeddings gives the encoder input of the text prompt `Frame: <slot words>. <answerer prompt>`."""
     recs, table = train_table
-    metas = _metas_by_video(synth.Path(world.paths.world))
-    caps, pool = caption_examples(table, metas), frame_qa_pool(table, recs)
-    text_pool = text_metas(10, seed=1)
-    allowed_qa_rows = {row for _, row in pool}
-    for phase in curriculum(BootstrapSettings(match_steps=2, text_steps=2, joint_steps=2)):
-        data = PhaseData(phase, 40, 0, text_pool, caps, pool)
-        again = PhaseData(phase, 40, 0, text_pool, caps, pool)
+    pool = frame_qa_pool(table, recs)[:4]
+    exs = [frame_qa_example(random.Random(i), rec, row) for i, (rec, row) in enumerate(pool)]
+    slots = [slot_words(metas[table.videos[e.frame]], float(table.times[e.frame])) for e in exs]
+    with torch.no_grad(), exact_answerer(model, model._embed(slot_ids(model, slots))):
+        feats = model.vision_features(table.pixels[[e.frame for e in exs]])
+        frame = model.per_frame_inputs("answerer", feats.unsqueeze(1), [e.prompt for e in exs])
+        text = text_inputs(model, [frames_text([s]) + e.prompt for s, e in zip(slots, exs)])
+    assert torch.equal(frame.embeds, text.embeds) and torch.equal(frame.mask, text.mask)
+
+
+# ------------------------------------------------------------------------------------------- phases and data
+
+
+def test_phase_data_is_deterministic_follows_the_mix_and_never_asks_the_localizer(metas, train_table, text_pool):
+    recs, table = train_table
+    pools = Pools(text_pool, ground_examples(table, metas), frame_qa_pool(table, recs),
+                  event_frame_pool(table, metas))
+    event = {e.frame for e in pools.ground_event}
+    assert event and {row for _, row in pools.frame_qa} <= event
+    for phase in curriculum(BootstrapSettings()):
+        data = PhaseData(phase, 40, 0, pools)
+        again = PhaseData(phase, 40, 0, pools)
         items = [data[i] for i in range(len(data))]
         assert items == [again[i] for i in range(40)]
-        assert [e.task for e in items] == [phase.mix[i % len(phase.mix)].task for i in range(40)]
-        for e in items:
-            assert prompts.LOCALIZER_SUFFIX not in e.prompt and "Frame 1:" not in e.prompt
-            if e.task is Task.FRAME_QA:
-                assert e.frame in allowed_qa_rows
-    with pytest.raises(IndexError):
-        data[40]
+        assert items != [PhaseData(phase, 40, 1, pools)[i] for i in range(40)]  # the seed matters
+        for i, e in enumerate(items):
+            spec = phase.mix[i % len(phase.mix)]
+            assert e.task is spec.task
+            assert prompts.LOCALIZER_SUFFIX not in e.prompt
+            if e.task in (Task.FRAME_QA, Task.FRAME_MATCH):
+                assert e.frame in event  # QA only ever on frames inside the event
+                assert not e.prompt.startswith("Frame")  # the frame comes as query tokens, not text
+            if e.task in (Task.MATCH, Task.FRAME_MATCH, Task.TEXT_QA):
+                assert spec.min_options <= e.prompt.count("Option ") <= spec.max_options
+            if e.task is Task.TEXT_QA:
+                assert len(_split_frames(e.prompt)[0]) == spec.n_frames
+            if e.task is Task.MATCH and spec.n_words:
+                assert set(re.findall(r"\w+(?=\.)", e.prompt)) <= set(MATCH_WORDS[:spec.n_words])
+        with pytest.raises(IndexError):
+            data[40]
+
+    ground_only = PhaseData(Phase("see", 400, (TaskSpec(Task.GROUND),)), 400, 0, pools)
+    drawn = [ground_only[i] for i in range(400)]
+    assert all(e in pools.ground for e in drawn)
+    share = sum(shows_event(e) for e in drawn) / 400
+    expected = 0.5 + 0.5 * len(pools.ground_event) / len(pools.ground)  # half from events, half from all: 0.5625
+    assert 0.35 < share < 0.65 and abs(share - expected) < 0.08  # drawn in proportion it would be 0.125
+
     with pytest.raises(ValueError, match="frame_qa has no examples"):
-        PhaseData(Phase("x", 1, (TaskSpec(Task.FRAME_QA),)), 4, 0, text_pool, caps, [])
+        PhaseData(Phase("x", 1, (TaskSpec(Task.FRAME_QA),)), 4, 0, dataclasses.replace(pools, frame_qa=[]))
+    with pytest.raises(ValueError, match="yes_no has no examples"):
+        PhaseData(Phase("x", 1, (TaskSpec(Task.YES_NO),)), 4, 0, dataclasses.replace(pools, text=[]))
 
 
-def test_curriculum_starts_with_two_option_matching_and_adds_frames_last():
-    phases = curriculum(BootstrapSettings())
-    assert [p.name for p in phases] == ["match", "text", "joint"]
-    assert {(t.task, t.min_options, t.max_options) for t in phases[0].mix} == {(Task.MATCH, 2, 2)}
-    assert all(t.task is not Task.FRAME_QA for p in phases[:2] for t in p.mix)
-    assert any(t.task is Task.FRAME_QA for t in phases[2].mix)
-    assert phases[0].constant_lr and not phases[-1].constant_lr
+def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, metas):
+    s = BootstrapSettings(gate=0.8)
+    phases = curriculum(s)
+    assert [p.name for p in phases] == ["vocab", "match", "options", "questions", "see", "frames"]
+    assert [p.steps for p in phases] == [s.vocab_steps, s.match_steps, s.options_steps, s.questions_steps,
+                                         s.see_steps, s.frames_steps]
+    assert phases[0].mix == (TaskSpec(Task.MATCH, 2, 2, n_words=2),) and phases[0].gate is None
+    assert phases[1].mix == (TaskSpec(Task.MATCH, 2, 2),)
+    assert not any(p.uses_frames for p in phases[:4])  # no frame task before "see"
+    assert {t.task for t in phases[3].mix} == {Task.TEXT_QA, Task.YES_NO, Task.MATCH}
+    assert {t.n_frames for t in phases[3].mix if t.task is Task.TEXT_QA} == {1, 2, 4}
+    assert phases[4].mix == (TaskSpec(Task.GROUND),)
+    assert {t.task for t in phases[5].mix} == {Task.FRAME_QA, Task.FRAME_MATCH, Task.GROUND}
+    assert [p.train_t5 for p in phases] == [True, True, True, True, False, False]
+    assert [p.gate for p in phases] == [None, boot.Gate("match2_acc", 0.8), boot.Gate("match_acc", 0.8),
+                                        boot.Gate("text_acc", 0.8), None, boot.Gate("frame_qa_acc", 0.8)]
+    assert [p.lr for p in phases] == [None, None, None, s.late_lr, None, s.late_lr]
+    # every gate reads a metric the held-out evaluation computes
+    val_recs = read_records(f"{world.paths.processed}/val.jsonl")
+    val_table = load_frame_table(f"{world.paths.world}/videos", [r.video for r in val_recs], 8, 32)
+    held = HeldOut(BootstrapSettings(n_eval_text=5), 2, val_table, metas, val_recs)
+    assert {p.gate.metric for p in phases if p.gate} <= set(held.names)
+    assert set(held.names) == {"match2_acc", "match_acc", "text_acc", "multi_acc", "yes_no_acc", "frame_qa_acc",
+                               "ground_acc", "ground_event_acc"}
+    assert all(e.task is Task.FRAME_QA for e in held.sets["frame_qa_acc"])
 
 
 # ------------------------------------------------------------------------------------------- model and loss
 
 
 def test_world_model_config_sizes():
-    cfg = world_model_config(300, 48, d_model=32, t5_heads=8, t5_layers=3, n_query=4)
+    cfg = world_model_config(300, 48, d_model=32, t5_heads=8, t5_layers=3)
     t5 = cfg.t5_config()
     assert (t5.d_model, t5.num_heads, t5.d_kv, t5.num_layers, t5.num_decoder_layers) == (32, 8, 4, 3, 3)
     assert (t5.relative_attention_num_buckets, t5.relative_attention_max_distance) == (32, 128)
-    assert t5.vocab_size == 300 and cfg.image_size == 48 and cfg.n_query == 4
+    assert t5.dropout_rate == 0.0
+    assert t5.vocab_size == 300 and cfg.image_size == 48 and cfg.n_query == SLOT_WORDS == 4
     assert cfg.n_vision_tokens == (48 // 8) ** 2 + 1
     assert cfg.qformer_config().encoder_hidden_size == cfg.vision_config().hidden_size == 32
 
 
-def test_loss_trains_vision_only_through_frame_tasks(tmp_path, train_table):
+def _mixed_batch(metas, table, recs, text_pool):
+    ground = ground_examples(table, metas)
+    qa = frame_qa_pool(table, recs)
+    meta, row = event_frame_pool(table, metas)[0]
+    text = [match_example(random.Random(0), 2), text_qa_example(random.Random(1), text_pool[0], 5, 2),
+            yes_no_example(random.Random(2), text_pool[1]), match_example(random.Random(3), 5)]
+    frames = [frame_qa_example(random.Random(4), *qa[0]), ground[0],
+              frame_match_example(random.Random(5), meta, row, 3), ground[7], ground[17]]  # ground[7]: an event frame
+    return text, frames
+
+
+def test_loss_trains_vision_only_through_frame_tasks(tok, metas, train_table, text_pool):
     recs, table = train_table
-    tok = build_tiny_tokenizer(synth.world_text() + [prompts.answerer_prompt(r.question, r.options) for r in recs],
-                               tmp_path / "tok", vocab_size=200)
-    torch.manual_seed(0)
-    model = SeViLA(world_model_config(len(tok), 32, d_model=16, t5_heads=2, n_query=2), tok)
+    model = _model(tok)
     model.vision.requires_grad_(True)
     model.t5.requires_grad_(True)
-    model.set_trainable(answerer=True)
+    model.set_trainable(localizer=False, answerer=True)
     model.train()
     loss_fn = BootstrapLoss(table.pixels)
-    text = [match_example(random.Random(i), 2) for i in range(3)]
+    text, frames = _mixed_batch(metas, table, recs, text_pool)
+
     loss = loss_fn(model, text)
     loss.backward()
-    assert loss.ndim == 0 and torch.isfinite(loss)
-    assert all(p.grad is None for p in model.vision.parameters())  # text alone never reaches the ViT
+    assert loss.ndim == 0 and torch.isfinite(loss) and loss > 0
+    assert all(p.grad is None for p in model.vision.parameters())  # text alone never reaches the ViT ...
+    assert all(p.grad is None for p in model.answerer.parameters())  # ... nor the bridge
+    assert model.t5.shared.weight.grad.abs().sum() > 0
     model.zero_grad(set_to_none=True)
-    pool = frame_qa_pool(table, recs)
-    frames = [Example(Task.CAPTION, CAPTION_PROMPT, "a grey background", 0),
-              frame_qa_example(random.Random(0), *pool[0])]
-    loss = loss_fn(model, text + frames)
+
+    ground = [e for e in frames if e.task is Task.GROUND]
+    model.t5.requires_grad_(False)  # phase "see": the T5 frozen
+    loss = loss_fn(model, ground)
     loss.backward()
     assert model.vision.embeddings.patch_embedding.weight.grad.abs().sum() > 0
-    assert model.localizer.proj.weight.grad is None  # the Localizer slot is never trained here
-    # per-example mean over tasks: equal to the count-weighted mean of the per-task losses
+    assert model.answerer.proj.weight.grad.abs().sum() > 0 and model.answerer.query_tokens.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.localizer.parameters())  # the Localizer slot is never trained here
+    assert all(p.grad is None for p in model.t5.parameters())
+    model.zero_grad(set_to_none=True)
+
+    loss_fn(model, text + frames).backward()
+    assert all(p.grad is None for p in model.localizer.parameters())
+
+
+def test_batch_loss_is_the_count_weighted_mean_of_the_task_losses(model, metas, train_table, text_pool):
+    recs, table = train_table
+    loss_fn = BootstrapLoss(table.pixels)
+    text, frames = _mixed_batch(metas, table, recs, text_pool)
+    batch = [frames[0], text[0], frames[1], text[1], frames[2], text[2], frames[3], text[3], frames[4]]  # interleaved
+    model.eval()
     with torch.no_grad():
-        model.eval()
-        whole = loss_fn(model, text + frames)
-        parts = [loss_fn(model, text), loss_fn(model, frames[:1]), loss_fn(model, frames[1:])]
-    assert torch.allclose(whole, (3 * parts[0] + parts[1] + parts[2]) / 5, atol=1e-5)
+        whole = loss_fn(model, batch)
+        by_task = {}
+        for e in batch:
+            by_task.setdefault(e.task, []).append(e)
+        parts = {task: loss_fn(model, exs) for task, exs in by_task.items()}
+        # GROUND is per example (one loss per frame): the group's loss is the mean of its examples' losses
+        singles = torch.stack([loss_fn(model, [e]) for e in by_task[Task.GROUND]])
+    assert len(by_task) == 6
+    expected = sum(len(by_task[t]) * parts[t] for t in by_task) / len(batch)
+    assert torch.allclose(whole, expected, atol=1e-5)
+    assert torch.allclose(parts[Task.GROUND], singles.mean(), atol=1e-5)
+
+
+def test_ground_loss_and_accuracy_with_exact_queries(tok, metas, train_table):
+    _, table = train_table
+    model = _model(tok, seed=1)  # its own: the bridge is swapped and the embeddings scaled below
+    ground = ground_examples(table, metas)
+    feats = torch.zeros(len(ground), model.config.n_vision_tokens, model.vision.config.hidden_size)
+    target = slot_ids(model, [e.slots for e in ground])  # [N, Q]
+    with torch.no_grad():
+        exact = model._embed(target)  # [N, Q, d]
+        model.answerer = FixedQueries(exact)
+        loss = ground_loss(model, feats, ground)  # [N]
+        # by hand: the target's logit is 0, every other word's is minus its squared distance over sqrt(d)
+        table_w = model.t5.shared.weight
+        d2 = ((exact[:, :, None, :] - table_w[None, None]) ** 2).sum(-1)  # [N, Q, V]
+        by_hand = torch.logsumexp(-d2 / table_w.shape[1] ** 0.5, dim=-1).mean(1)  # [N]
+        assert loss.shape == (len(ground),) and torch.allclose(loss, by_hand, atol=1e-4)
+        assert ground_accuracy(model, table.pixels, ground) == 1.0
+
+        # queries of the wrong frames: right exactly where the two frames' slot words agree
+        shifted = list(range(1, len(ground))) + [0]
+        model.answerer = FixedQueries(exact[shifted])
+        agree = sum(ground[j].slots == e.slots for e, j in zip(ground, shifted))
+        assert ground_accuracy(model, table.pixels, ground) == agree / len(ground) < 1.0
+
+        # embeddings far apart: exact queries leave no loss at all
+        model.t5.shared.weight.mul_(10.0)
+        model.answerer = FixedQueries(model._embed(target))
+        assert ground_loss(model, feats, ground).max() < 1e-6
+        model.answerer = FixedQueries(torch.zeros_like(exact))
+        assert ground_loss(model, feats, ground).min() > 1.0  # no information: far from zero
+
+
+def test_accuracies_read_the_argmax_of_each_example(model, metas, train_table, text_pool):
+    """choice_accuracy / yes_no_accuracy (batched) equal the per-example decision read off the model directly."""
+    recs, table = train_table
+    mc = [text_qa_example(random.Random(i), text_pool[i], 2 + i % 4, 1 + i % 2) for i in range(7)]
+    frame = [frame_qa_example(random.Random(i), *p) for i, p in enumerate(frame_qa_pool(table, recs))]
+    yn = [yes_no_example(random.Random(i), text_pool[i]) for i in range(7)]
+    _, ids = model._need_tokenizer()
+    with torch.no_grad():
+        def right(e):
+            if e.task.uses_frame:
+                feats = model.encode_frames(table.pixels[[e.frame]]).unsqueeze(1)
+                inputs = model.per_frame_inputs("answerer", feats, [e.prompt])
+            else:
+                inputs = text_inputs(model, [e.prompt])
+            logits = model._option_logits(inputs, torch.tensor([e.prompt.count("Option ")]))[0]
+            assert torch.isinf(logits[e.prompt.count("Option "):]).all()  # letters past the options never win
+            return "ABCDE"[int(logits.argmax())] == e.target[-1]
+
+        def said_yes(e):
+            first = model._decode(text_inputs(model, [e.prompt]), model._start_ids(1))[0, 0]
+            return (first[ids.yes] > first[ids.no]) == (e.target == prompts.YES)
+
+        assert choice_accuracy(model, mc, batch=3) == sum(map(right, mc)) / len(mc)
+        assert choice_accuracy(model, frame, table.pixels, batch=2) == sum(map(right, frame)) / len(frame)
+        assert yes_no_accuracy(model, yn, batch=3) == sum(map(said_yes, yn)) / len(yn)
+    assert choice_accuracy(model, []) == 0.0
+
+
+# ------------------------------------------------------------------------------------------- settings
 
 
 def test_settings_are_checked():
     with pytest.raises(ConfigError, match="bootstrap: unknown setting"):
-        build(BootstrapSettings, {"txt_steps": 1}, "bootstrap")
-    built = build(BootstrapSettings, {"match_steps": 5, "lr": 0.01, "eval_every": None}, "bootstrap")
-    assert built == BootstrapSettings(match_steps=5, lr=0.01)
+        build(BootstrapSettings, {"text_steps": 1}, "bootstrap")  # the old recipe's keys are gone
+    with pytest.raises(ConfigError, match="bootstrap: unknown setting"):
+        build(BootstrapSettings, {"n_query": 4}, "bootstrap")  # fixed: one query per slot word
+    built = build(BootstrapSettings, {"match_steps": 5, "lr": 0.01, "see_steps": 0}, "bootstrap")
+    assert built == BootstrapSettings(match_steps=5, lr=0.01, see_steps=0)
     with pytest.raises(ValueError, match="not a multiple of t5_heads"):
         BootstrapSettings(d_model=60, t5_heads=8)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         BootstrapSettings(batch_size=0)
+    with pytest.raises(ValueError, match="frames_steps must be >= 0"):
+        BootstrapSettings(frames_steps=-1)
+    for gate in (0.0, -0.5, 1.01):
+        with pytest.raises(ValueError, match=r"gate must be in \(0, 1\]"):
+            BootstrapSettings(gate=gate)
+    assert BootstrapSettings(gate=1.0).gate == 1.0
+    with pytest.raises(ValueError, match="late_lr must be > 0"):
+        BootstrapSettings(late_lr=0.0)
+
+
+def test_params_yaml_bootstrap_section_builds():
+    section = yaml.safe_load((REPO / "params.yaml").read_text())["bootstrap"]
+    settings = build(BootstrapSettings, section, "bootstrap")
+    assert {k: settings.to_dict()[k] for k in section} == section
+    assert all(p.steps > 0 for p in curriculum(settings))
 
 
 # ------------------------------------------------------------------------------------------- end to end
 
-TINY = BootstrapSettings(d_model=16, t5_heads=2, n_query=2, vocab_size=256, batch_size=8, match_steps=2, text_steps=2,
-                         joint_steps=2, warmup_steps=1, frames_per_video=N_FRAMES, n_eval_frames=16, n_text_metas=20,
-                         n_eval_text=10)
+TINY = BootstrapSettings(d_model=16, t5_heads=2, vocab_size=256, batch_size=8, vocab_steps=2, match_steps=2,
+                         options_steps=2, questions_steps=2, see_steps=2, frames_steps=2, warmup_steps=1,
+                         phase_warmup_steps=1, gate_every=1, frames_per_video=N_FRAMES, n_eval_frames=16,
+                         n_text_metas=20, n_eval_text=10)
+PHASES = ["vocab", "match", "options", "questions", "see", "frames"]
 
 
-def test_bootstrap_saves_a_complete_frozen_model_with_twin_modules(world, tmp_path):
+def test_bootstrap_saves_a_complete_frozen_model_with_twin_modules(world, tmp_path, monkeypatch):
     out = tmp_path / "backbone"
+    work = tmp_path / "backbone.work"
+    seen = {}
+    real_save = boot.save_sevila
+
+    world_dir, records_dir = Path(world.paths.world), Path(world.paths.processed)
+    run_id = boot._run_id(TINY, world_dir, records_dir)
+
+    def spy(model, out_dir, **kw):  # the work dir just before the final save (it is removed afterwards)
+        seen["work"] = sorted(p.name for p in work.iterdir())
+        seen["phases"] = sorted(p.name for p in (work / run_id).iterdir())
+        return real_save(model, out_dir, **kw)
+
+    monkeypatch.setattr(boot, "save_sevila", spy)
     metrics = bootstrap_backbone(world.paths.world, world.paths.processed, out, TINY, progress=False)
-    assert {"train_seconds", "steps", "caption_loss", "val_acc_event", "val_acc_outside", "val_text_acc",
-            "val_match_acc", "val_n_event_frames", "val_n_outside_frames"} <= set(metrics)
-    assert metrics["steps"] == 6
+
+    assert {"train_seconds", "steps", "val_match_acc", "val_match2_acc", "val_text_acc", "val_multi_acc",
+            "val_yes_no_acc", "val_ground_acc", "val_ground_event_acc", "val_frame_qa_acc", "val_acc_event",
+            "val_acc_outside", "val_n_event_frames", "val_n_outside_frames"} <= set(metrics)
+    assert {f"steps_{p}" for p in PHASES} <= set(metrics)
+    assert metrics["steps"] == sum(metrics[f"steps_{p}"] for p in PHASES)
+    assert metrics["steps_vocab"] == metrics["steps_see"] == 2  # ungated phases run all their steps
+    assert all(1 <= metrics[f"steps_{p}"] <= 2 for p in PHASES)
     assert metrics["val_n_event_frames"] > 0
     assert metrics["val_n_event_frames"] + metrics["val_n_outside_frames"] == 16 * len(
         read_records(f"{world.paths.processed}/val.jsonl"))  # every val question x 16 frames
-    assert 0.0 <= metrics["val_acc_event"] <= 1.0 and metrics["caption_loss"] > 0
-    assert not (tmp_path / "backbone.work").exists()  # intermediate files are cleaned up
+    for k in ("val_match_acc", "val_text_acc", "val_multi_acc", "val_yes_no_acc", "val_ground_acc",
+              "val_acc_event", "val_acc_outside"):
+        assert 0.0 <= metrics[k] <= 1.0, k
+
+    # tokenizer and phase checkpoints live under a directory keyed by the settings and the data, so other settings
+    # or another world never resume them
+    assert boot._run_id(dataclasses.replace(TINY, match_steps=3), world_dir, records_dir) != run_id
+    other_records = tmp_path / "records"
+    other_records.mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        lines = (records_dir / name).read_text().splitlines()
+        (other_records / name).write_text("\n".join(lines[:-1] if name == "val.jsonl" else lines) + "\n")
+    assert boot._run_id(TINY, world_dir, other_records) != run_id
+    assert seen["work"] == [run_id]
+    assert seen["phases"] == sorted(["tokenizer"] + [f"{k}_{p}" for k, p in enumerate(PHASES)])
+    assert not work.exists()  # intermediate files are cleaned up
 
     header = read_header(out)
-    assert set(header.parts) == {"vision", "t5", "localizer", "answerer"} and header.step == 6
-    assert header.run_config["bootstrap"]["match_steps"] == 2
+    assert set(header.parts) == {"vision", "t5", "localizer", "answerer"} and header.step == metrics["steps"]
+    assert header.run_config["bootstrap"] == TINY.to_dict()
+    assert [h["phase"] for h in header.run_config["phases"]] == PHASES
     model, report = load_sevila(out)
     assert set(report.set_parts) == {"vision", "t5", "localizer", "answerer"}
-    assert model.config == world_model_config(len(model.tokenizer), 32, d_model=16, t5_heads=2, n_query=2)
+    assert model.config == world_model_config(len(model.tokenizer), 32, d_model=16, t5_heads=2)
     loc, ans = model.localizer.state_dict(), model.answerer.state_dict()
     assert list(loc) == list(ans) and all(torch.equal(loc[k], ans[k]) for k in loc)
     assert not any(p.requires_grad for part in (model.vision, model.t5) for p in part.parameters())  # frozen
     tok = model.tokenizer
-    for text in ("Option C", "a big red circle", prompts.answerer_prompt("what colour is the big shape?", ["red."])):
+    for text in ("Option C", "big red circle.", prompts.answerer_prompt("what colour is the big shape?", ["red."])):
         assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
