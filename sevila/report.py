@@ -251,6 +251,7 @@ def baselines_table(rows: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRICS
         ("Fusion", lambda r: _text(r["fusion"])),
         ("Frames", lambda r: _int(r["n_frames"])),
         ("Keyframes", lambda r: _int(r["n_keyframes"])),
+        ("Answerer", lambda r: _answerer(r["answerer"])),
         ("Variant", lambda r: _text(r["variant"])),
     ], metrics, numeric_lead=("Frames", "Keyframes"))
 

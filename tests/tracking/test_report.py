@@ -49,7 +49,7 @@ RUNS = pd.DataFrame([
     _row("f2", "f16k4", "frames", 59.5, selector="localizer", n_frames=16, n_keyframes=4),
     _row("f3", "f16k2", "frames", 57.0, selector="localizer", n_frames=16, n_keyframes=2),
     # voting / concat / oracle (Table 9)
-    _row("b1", "oracle32", "oracle", 81.0, selector="oracle", n_frames=32),
+    _row("b1", "oracle32", "oracle", 81.0, selector="oracle", n_frames=32, answerer="zero_shot"),
     _row("b2", "concat4", "baseline", 56.0, selector="uniform", fusion="concat", n_frames=32, n_keyframes=4),
     _row("b3", "vote32", "baseline", 54.5, selector="all", fusion="vote", n_frames=32),
     # self-refinement rounds
@@ -106,11 +106,11 @@ Built by `sevila report` from the latest FINISHED `evaluate` run of each variant
 
 ### BLIP-2 voting / concat and the oracle (paper Table 9)
 
-| Method | Frame selector | Fusion | Frames | Keyframes | Variant | Accuracy |
-|---|---|---|---:|---:|---|---:|
-| BLIP-2 voting | all | vote | 32 | – | vote32 | 54.5 |
-| BLIP-2 concat | uniform | concat | 32 | 4 | concat4 | 56.0 |
-| Oracle (any single frame) | oracle | – | 32 | – | oracle32 | 81.0 |
+| Method | Frame selector | Fusion | Frames | Keyframes | Answerer | Variant | Accuracy |
+|---|---|---|---:|---:|---|---|---:|
+| BLIP-2 voting | all | vote | 32 | – | – | vote32 | 54.5 |
+| BLIP-2 concat | uniform | concat | 32 | 4 | – | concat4 | 56.0 |
+| Oracle (any single frame) | oracle | – | 32 | – | zero-shot | oracle32 | 81.0 |
 
 ### Self-refinement rounds
 
@@ -156,7 +156,7 @@ def test_json_records_are_pinned():
         _obj("concat4", "baseline", "b2", selector="uniform", fusion="concat", n_frames=32, n_keyframes=4,
              accuracy=56.0),
         _obj("vote32", "baseline", "b3", selector="all", fusion="vote", n_frames=32, accuracy=54.5),
-        _obj("oracle32", "oracle", "b1", selector="oracle", n_frames=32, accuracy=81.0),
+        _obj("oracle32", "oracle", "b1", selector="oracle", n_frames=32, answerer="zero_shot", accuracy=81.0),
         _obj("sr_r0", "round", "r0", round=0, accuracy=58.0, keyframe_in_span=50.0),
         _obj("sr_r1", "round", "r1", round=1, accuracy=60.0),
         _obj("sr_r2", "round", "r2", round=2, accuracy=61.0, keyframe_in_span=60.0),
@@ -268,7 +268,7 @@ def test_report_cli_writes_tables_plots_and_logs_them(store, tmp_path, capsys):
 
     md = (out / "ablations.md").read_text(encoding="utf-8")
     assert "| fine-tuned | localizer | ✓ | ✓ | f32k4_qvh_sr | 62.0 | 31.0 |" in md  # not the failed 90.0
-    assert "| 16 | 4 | f16k4 | 58.0 | 29.0 |" in md and "| BLIP-2 voting | all | vote | 32 | – | vote32 |" in md
+    assert "| 16 | 4 | f16k4 | 58.0 | 29.0 |" in md and "| BLIP-2 voting | all | vote | 32 | – | – | vote32 |" in md
     assert "| 1 | sr_r1 | 59.0 | 29.5 |" in md
     records = json.loads((out / "ablations.json").read_text())
     assert [r["variant"] for r in records] == ["f16k4", "f32k8", "f32k4_qvh_sr", "vote32", "sr_r0", "sr_r1"]
