@@ -409,20 +409,23 @@ def test_phase_data_is_deterministic_follows_the_mix_and_never_asks_the_localize
 def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, metas):
     s = BootstrapSettings(gate=0.8)
     phases = curriculum(s)
-    assert [p.name for p in phases] == ["vocab", "match", "options", "questions", "see", "frames"]
+    assert [p.name for p in phases] == PHASES
     assert [p.steps for p in phases] == [s.vocab_steps, s.match_steps, s.options_steps, s.questions_steps,
-                                         s.see_steps, s.frames_steps]
+                                         s.context_steps, s.see_steps, s.frames_steps]
     assert phases[0].mix == (TaskSpec(Task.MATCH, 2, 2, n_words=2),) and phases[0].gate is None
     assert phases[1].mix == (TaskSpec(Task.MATCH, 2, 2),)
-    assert not any(p.uses_frames for p in phases[:4])  # no frame task before "see"
-    assert {t.task for t in phases[3].mix} == {Task.TEXT_QA, Task.YES_NO, Task.MATCH}
-    assert {t.n_frames for t in phases[3].mix if t.task is Task.TEXT_QA} == {1, 2, 4}
-    assert phases[4].mix == (TaskSpec(Task.GROUND),)
-    assert {t.task for t in phases[5].mix} == {Task.FRAME_QA, Task.FRAME_MATCH, Task.GROUND}
-    assert [p.train_t5 for p in phases] == [True, True, True, True, False, False]
+    assert not any(p.uses_frames for p in phases[:5])  # no frame task before "see"
+    assert {t.task for t in phases[3].mix} == {Task.TEXT_QA, Task.MATCH}
+    assert {t.n_frames for t in phases[3].mix if t.task is Task.TEXT_QA} == {1}  # one frame first ...
+    assert {t.task for t in phases[4].mix} == {Task.TEXT_QA, Task.YES_NO, Task.MATCH}
+    assert {t.n_frames for t in phases[4].mix if t.task is Task.TEXT_QA} == {1, 2, 4}  # ... then several
+    assert phases[5].mix == (TaskSpec(Task.GROUND),)
+    assert {t.task for t in phases[6].mix} == {Task.FRAME_QA, Task.FRAME_MATCH, Task.GROUND}
+    assert [p.train_t5 for p in phases] == [True] * 5 + [False, False]
     assert [p.gate for p in phases] == [None, boot.Gate("match2_acc", 0.8), boot.Gate("match_acc", 0.8),
-                                        boot.Gate("text_acc", 0.8), None, boot.Gate("frame_qa_acc", 0.8)]
-    assert [p.lr for p in phases] == [None, None, None, s.late_lr, None, s.late_lr]
+                                        boot.Gate("text_acc", 0.8), boot.Gate("multi_acc", 0.8), None,
+                                        boot.Gate("frame_qa_acc", 0.8)]
+    assert [p.lr for p in phases] == [None, None, None, s.late_lr, s.late_lr, None, s.late_lr]
     # every gate reads a metric the held-out evaluation computes
     val_recs = read_records(f"{world.paths.processed}/val.jsonl")
     val_table = load_frame_table(f"{world.paths.world}/videos", [r.video for r in val_recs], 8, 32)
@@ -603,10 +606,10 @@ def test_params_yaml_bootstrap_section_builds():
 # ------------------------------------------------------------------------------------------- end to end
 
 TINY = BootstrapSettings(d_model=16, t5_heads=2, vocab_size=256, batch_size=8, vocab_steps=2, match_steps=2,
-                         options_steps=2, questions_steps=2, see_steps=2, frames_steps=2, warmup_steps=1,
-                         phase_warmup_steps=1, gate_every=1, frames_per_video=N_FRAMES, n_eval_frames=16,
+                         options_steps=2, questions_steps=2, context_steps=2, see_steps=2, frames_steps=2,
+                         warmup_steps=1, phase_warmup_steps=1, gate_every=1, frames_per_video=N_FRAMES, n_eval_frames=16,
                          n_text_metas=20, n_eval_text=10)
-PHASES = ["vocab", "match", "options", "questions", "see", "frames"]
+PHASES = ["vocab", "match", "options", "questions", "context", "see", "frames"]
 
 
 def test_bootstrap_saves_a_complete_frozen_model_with_twin_modules(world, tmp_path, monkeypatch):
