@@ -25,12 +25,21 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
     assert to_dict(cfg)["prepare"]["bad_video"] == "skip"
 
 
+def test_exponents_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads `1e-3` as the string "1e-3"; a float setting takes it as the number it means
+    p = tmp_path / "params.yaml"
+    p.write_text("pretrain_localizer:\n  train: {lr: 1e-3}\n")
+    cfg = load_config(p, ["finetune_answerer.train.lr=3e-5"])
+    assert cfg.pretrain_localizer.train.lr == 0.001 and cfg.finetune_answerer.train.lr == 3e-5
+
+
 @pytest.mark.parametrize(
     "text, overrides, message",
     [
         ("world:\n  vidoes: 3\n", [], "world: unknown setting(s) ['vidoes']"),
         ("world:\n  videos: many\n", [], "world.videos: expected an integer"),
         ("world:\n  videos: true\n", [], "world.videos: expected an integer"),
+        ("pretrain_localizer:\n  train: {lr: fast}\n", [], "pretrain_localizer.train.lr: expected a number, got 'fast'"),
         ("prepare:\n  bad_video: ignore\n", [], "prepare.bad_video: 'ignore' is not one of ['fail', 'skip']"),
         ("wrld: {}\n", [], "<root>: unknown setting(s) ['wrld']"),
         ("", ["world.videos"], "is not of the form key=value"),
