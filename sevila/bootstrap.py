@@ -394,13 +394,17 @@ def load_frame_table(video_root: str | Path, videos: Sequence[str], n_frames: in
     return FrameTable(torch.cat(pixels), tuple(vids), np.concatenate(times), rows)
 
 
+def rows_inside(table: FrameTable, video: str, spans: Sequence[tuple[float, float]]) -> list[int]:
+    """Rows of `video` whose time lies in one of `spans`, ends inclusive (SeViLA's moment labels)."""
+    rows = table.rows[video]
+    return [r for r, ok in zip(rows, frame_labels(table.times[list(rows)], spans)) if ok]
+
+
 def event_rows(table: FrameTable, record: QARecord) -> list[int]:
     """Rows of `record`'s video whose time lies in its evidence (ground-truth event) span, ends inclusive."""
     if not record.evidence:
         raise ValueError(f"question {record.qid}: no evidence span (the synthetic world's records carry one)")
-    rows = table.rows[record.video]
-    inside = frame_labels(table.times[list(rows)], record.evidence)
-    return [r for r, ok in zip(rows, inside) if ok]
+    return rows_inside(table, record.video, record.evidence)
 
 
 def ground_examples(table: FrameTable, metas: Mapping[str, Mapping[str, Any]]) -> list[Example]:
@@ -432,11 +436,8 @@ def frame_qa_example(rng: random.Random, record: QARecord, row: int) -> Example:
 
 def event_frame_pool(table: FrameTable, metas: Mapping[str, Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], int]]:
     """(video metadata, row) for every sampled frame inside its video's event (world.jsonl span, ends inclusive)."""
-    pool = []
-    for video, rows in table.rows.items():
-        inside = frame_labels(table.times[list(rows)], [tuple(metas[video]["event"])])
-        pool += [(metas[video], r) for r, ok in zip(rows, inside) if ok]
-    return pool
+    return [(metas[video], row) for video in table.rows
+            for row in rows_inside(table, video, [tuple(metas[video]["event"])])]
 
 
 def frame_match_example(rng: random.Random, meta: Mapping[str, Any], row: int, n_options: int) -> Example:
