@@ -20,7 +20,7 @@ from enum import Enum
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterator, Sequence
 
-from sevila.data.records import MomentRecord, QARecord, Record
+from sevila.data.records import AnnotationError, MomentRecord, QARecord, Record  # AnnotationError: re-exported
 
 
 class Dataset(str, Enum):
@@ -50,17 +50,6 @@ class SourceFormat(str, Enum):
 
 # Short alias, so callers can write `fmt=Format.OFFICIAL`.
 Format = SourceFormat
-
-
-class AnnotationError(ValueError):
-    """A malformed annotation; the message names the file, the row/line and the problem."""
-
-    def __init__(self, path: str | Path, where: str | None, problem: str):
-        self.path = Path(path)
-        self.where = where
-        self.problem = problem
-        loc = f"{self.path}" + (f", {where}" if where else "")
-        super().__init__(f"{loc}: {problem}")
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -223,7 +212,8 @@ def read_annotations(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
     if video_map is not None and not (dataset is Dataset.NEXTQA and fmt is SourceFormat.OFFICIAL):
-        raise ValueError(f"a video map applies only to official NExT-QA CSVs, not {dataset.value} {fmt.value}")
+        raise AnnotationError(video_map, None,
+                              f"a video map applies only to official NExT-QA CSVs, not {dataset.value} {fmt.value}")
     if fmt is SourceFormat.SEVILA_JSON:
         records: list = sevila_json.read_sevila_json(dataset, path)
     elif dataset is Dataset.NEXTQA:
