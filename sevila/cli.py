@@ -49,7 +49,9 @@ _PATH_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, IsADirectoryErro
 #: already imported, since an exception of a module never imported cannot have been raised (keeps `sevila
 #: convert` free of torch)
 _FOREIGN_USER_ERRORS: tuple[tuple[str, str], ...] = (("sevila.config", "ConfigError"),
-                                                     ("sevila.checkpoints", "CheckpointError"))
+                                                     ("sevila.checkpoints", "CheckpointError"),
+                                                     ("yaml", "YAMLError"),  # a settings file that is not YAML
+                                                     ("sevila.stages.validate", "ValidationFailed"))  # bad data
 
 
 def user_error_types() -> tuple[type[Exception], ...]:

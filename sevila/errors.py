@@ -8,3 +8,8 @@ from __future__ import annotations
 
 class UserError(Exception):
     """A bad input the user can fix; the message alone must say where and what."""
+
+
+class BadArgument(UserError, ValueError):
+    """An argument value that cannot work (too many options, more keyframes than frames, zero videos); a
+    ValueError too, so Python callers catch it as they would any bad value."""
