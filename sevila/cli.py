@@ -50,12 +50,14 @@ _PATH_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, IsADirectoryErro
 #: convert` free of torch)
 _FOREIGN_USER_ERRORS: tuple[tuple[str, str], ...] = (("sevila.config", "ConfigError"),
                                                      ("sevila.checkpoints", "CheckpointError"),
+                                                     ("sevila.checkpoint_io", "CheckpointError"),  # after the split
                                                      ("yaml", "YAMLError"),  # a settings file that is not YAML
                                                      ("sevila.stages.validate", "ValidationFailed"))  # bad data
 
 
 def user_error_types() -> tuple[type[Exception], ...]:
-    foreign = tuple(getattr(sys.modules[mod], name) for mod, name in _FOREIGN_USER_ERRORS if mod in sys.modules)
+    foreign = tuple(getattr(sys.modules[mod], name) for mod, name in _FOREIGN_USER_ERRORS
+                    if hasattr(sys.modules.get(mod), name))
     return (UserError, *_PATH_ERRORS, *foreign)
 
 

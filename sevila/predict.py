@@ -22,16 +22,9 @@ from typing import Any, Sequence
 import torch
 
 from sevila import prompts
-from sevila.checkpoints import (
-    CheckpointKind,
-    LavisLayout,
-    WeightsReport,
-    detect_kind,
-    load_for_inference,
-    load_into,
-    load_sevila,
-    read_header,
-)
+from sevila.checkpoints import CheckpointKind, WeightsReport, load_sevila, read_header
+# (after the checkpoints split, these four live in sevila.loading)
+from sevila.checkpoints import LavisLayout, detect_kind, load_for_inference, load_lavis_checkpoint
 from sevila.data.video import FrameSample
 from sevila.errors import BadArgument
 from sevila.features import FeatureCache, clip_features
@@ -98,9 +91,13 @@ def load_chain(backbone: str | Path | None = None, localizer: str | Path | None 
             check_module_dir(path, module)
     if backbone is not None and detect_kind(backbone) is CheckpointKind.SEVILA:
         # our complete checkpoint is the base; `weights` (if any) is laid over it like a module
+        if weights is not None and detect_kind(weights) is CheckpointKind.HF_BLIP2:
+            raise BadArgument(f"{weights}: a complete BLIP-2 directory is a backbone, not weights to lay over "
+                              f"{backbone}; give one of them as --backbone")
         model, reports = load_for_inference(backbone)
         if weights is not None:
-            reports.append(load_into(model, weights, layout=layout))
+            reports.append(load_sevila(weights, model)[1] if detect_kind(weights) is CheckpointKind.SEVILA
+                           else load_lavis_checkpoint(model, weights, layout))
     elif weights is not None:
         model, reports = load_for_inference(weights, backbone, layout=layout)
     else:

@@ -36,6 +36,9 @@ def pipeline_models(tmp_path_factory, model_factory):
         "localizer": save_sevila(loc_src, root / "localizer" / "qvh_sr_r1", modules=("localizer",), step=2),
         "answerer": save_sevila(ans_src, root / "answerer" / "finetuned_r1", modules=("answerer",), step=3),
     }
+    paths["blip2_dir"] = root / "blip2"  # detected as a transformers BLIP-2 directory by its config.json
+    paths["blip2_dir"].mkdir()
+    (paths["blip2_dir"] / "config.json").write_text("{}")
     expected = model_factory(seed=0)  # the same chain assembled by hand, without the checkpoint code
     expected.localizer.load_state_dict(loc_src.localizer.state_dict())
     expected.answerer.load_state_dict(ans_src.answerer.state_dict())
@@ -114,6 +117,8 @@ def _with_answerer_only(pipeline_models):
      "holds vision, t5, localizer, answerer, not the answerer alone"),
     (lambda p: ["--localizer", str(p["localizer"])], "give the backbone"),
     (lambda p: ["--backbone", str(p["localizer"])], "holds only localizer"),
+    (lambda p: ["--backbone", str(p["backbone"]), "--weights", str(p["blip2_dir"])],
+     "a complete BLIP-2 directory is a backbone, not weights to lay over"),
 ])
 def test_wrong_model_arguments_are_one_line(world, pipeline_models, capsys, flags, message):
     video, question, options = world
