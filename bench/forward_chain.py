@@ -1,6 +1,6 @@
 """Per-question cost of SeViLA's forward chain (Localizer -> Answerer): this implementation vs the official code's way.
 
-    python bench/forward_chain.py [--videos 6] [--frames 32] [--keyframes 4] [--out bench/results/forward_chain.json]
+    python bench/forward_chain.py [--videos 6] [--n-frames 32] [--n-keyframes 4] [--out bench/results/forward_chain.json]
 
 Both paths run in ONE process on the same model, videos and questions (a synthetic world: every video has 5
 questions), so the ratio does not depend on the machine:
@@ -146,8 +146,8 @@ def questions_of(meta: dict, n: int) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--videos", type=int, default=6)
-    ap.add_argument("--frames", type=int, default=32)
-    ap.add_argument("--keyframes", type=int, default=4)
+    ap.add_argument("--n-frames", type=int, default=32)
+    ap.add_argument("--n-keyframes", type=int, default=4)
     ap.add_argument("--official-tokens", type=int, nargs="+", default=[30, 2],
                     help="generate lengths of the official-style runs (first = the headline, on every video)")
     ap.add_argument("--sensitivity-videos", type=int, default=1,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     by_video = {c.video: [r.q for r in recs] for c, recs in group_by_clip(_Rec(v, q) for v, q in records).items()}
     n_q = len(records)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"{args.videos} videos x {n_q // args.videos} questions, {args.frames} frames -> {args.keyframes} keyframes; "
+    print(f"{args.videos} videos x {n_q // args.videos} questions, {args.n_frames} frames -> {args.n_keyframes} keyframes; "
           f"model {n_params / 1e6:.1f}M parameters; torch {torch.__version__}, {torch.get_num_threads()} threads",
           flush=True)
 
@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         # warm-up of both paths on one question (first calls allocate and pick kernels)
         v0 = next(iter(by_video))
-        ours_video(model, FeatureCache(work / "warmup", model), videos[v0], by_video[v0][:1], args.frames,
-                   args.keyframes, warm=False)
-        official_question(model, videos[v0], by_video[v0][0], args.frames, args.keyframes, 2, {})
+        ours_video(model, FeatureCache(work / "warmup", model), videos[v0], by_video[v0][:1], args.n_frames,
+                   args.n_keyframes, warm=False)
+        official_question(model, videos[v0], by_video[v0][0], args.n_frames, args.n_keyframes, 2, {})
 
         # Timed, interleaved video by video (ours cold, ours warm, then each official-style variant on the same
         # video's questions), so a load change on a shared machine hits every path alike.
@@ -200,9 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         score_gap = {"fp32": 0.0, "fp16_cache": 0.0, "spread": 0.0}
         for v, qs in by_video.items():
             t0 = time.perf_counter()
-            ours[v] = ours_video(model, cache, videos[v], qs, args.frames, args.keyframes, warm=False)
+            ours[v] = ours_video(model, cache, videos[v], qs, args.n_frames, args.n_keyframes, warm=False)
             t1 = time.perf_counter()
-            ours_video(model, cache, videos[v], qs, args.frames, args.keyframes, warm=True)
+            ours_video(model, cache, videos[v], qs, args.n_frames, args.n_keyframes, warm=True)
             t2 = time.perf_counter()
             elapsed["cold"] += t1 - t0
             elapsed["warm"] += t2 - t1
@@ -210,14 +210,14 @@ def main(argv: list[str] | None = None) -> int:
                 if j and len(official[t]) >= args.sensitivity_videos:
                     continue
                 t3 = time.perf_counter()
-                official[t][v] = [official_question(model, videos[v], q, args.frames, args.keyframes, t, timers[t])
+                official[t][v] = [official_question(model, videos[v], q, args.n_frames, args.n_keyframes, t, timers[t])
                                   for q in qs]
                 elapsed[t] += time.perf_counter() - t3
             # Same numbers? The official Localizer score is generate's scores[0][:, yes]; ours is one decoder step of
             # the batched chain. Compared on the official path's own fp32 features (untimed) and on our fp16 cache.
             off = official[head][v]
             off_scores = torch.stack([o[3] for o in off])  # [B, T]
-            fp32_scores = chain(model, off[0][2], qs, args.keyframes)[2]
+            fp32_scores = chain(model, off[0][2], qs, args.n_keyframes)[2]
             score_gap["fp32"] = max(score_gap["fp32"], (fp32_scores - off_scores).abs().max().item())
             score_gap["fp16_cache"] = max(score_gap["fp16_cache"], (ours[v][2] - off_scores).abs().max().item())
             spread = (off_scores.max(1).values - off_scores.min(1).values).max().item()
@@ -225,21 +225,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {v}: ours cold {t1 - t0:.1f} s + warm {t2 - t1:.1f} s (all {len(qs)} questions); " + ", ".join(
                 f"official {t}-token {sum(timers[t].values()):.1f} s" for t in args.official_tokens), flush=True)
         assert cache.misses == len(by_video) and cache.hits == len(by_video)
-        assert cache.frames_encoded == len(by_video) * args.frames
+        assert cache.frames_encoded == len(by_video) * args.n_frames
         ours_cold, ours_warm = elapsed["cold"], elapsed["warm"]
 
         # FLOPs of our path for one video (counted, not timed)
         from torch.utils.flop_counter import FlopCounterMode
 
         v0, qs0 = next(iter(by_video.items()))
-        sample = read_frames(videos[v0], args.frames, size=config.image_size)
+        sample = read_frames(videos[v0], args.n_frames, size=config.image_size)
         with FlopCounterMode(display=False) as fc:
             feats = model.encode_frames(sample.pixels)
         vit_flops = fc.get_total_flops()
         qa, loc = zip(*(prompts.qa_prompts(q["question"], q["options"]) for q in qs0))
         with FlopCounterMode(display=False) as fc:
             model.answer(feats.unsqueeze(0).expand(len(qs0), *feats.shape), list(qa), [len(q["options"]) for q in qs0],
-                         selector=Selector.LOCALIZER, fusion=Fusion.CONCAT, n_keyframes=args.keyframes,
+                         selector=Selector.LOCALIZER, fusion=Fusion.CONCAT, n_keyframes=args.n_keyframes,
                          loc_prompts=list(loc))
         chain_flops = fc.get_total_flops()
         counts = fc.get_flop_counts()
@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                         ("T5 encoder", "FlanT5.encoder"), ("T5 decoder + lm_head", "FlanT5.decoder"))}
         chain_parts["T5 decoder + lm_head"] += sum(counts.get("FlanT5.lm_head", {}).values())
         with FlopCounterMode(display=False) as fc:
-            official_question(model, videos[v0], qs0[0], args.frames, args.keyframes, head, {})
+            official_question(model, videos[v0], qs0[0], args.n_frames, args.n_keyframes, head, {})
         official_flops = fc.get_total_flops()
 
 
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
           f"total wall {time.perf_counter() - t_start:.0f} s")
 
     results = {
-        "setup": {"videos": len(by_video), "questions": n_q, "frames": args.frames, "keyframes": args.keyframes,
+        "setup": {"videos": len(by_video), "questions": n_q, "frames": args.n_frames, "keyframes": args.n_keyframes,
                   "parameters": n_params, "config": config.to_dict(), "torch": torch.__version__,
                   "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                   "cpus": os.cpu_count()},

@@ -1,4 +1,5 @@
-"""The ViT feature cache, question grouping by clip, and single-video inference (`score_frames`, `answer_video`).
+"""The ViT feature cache, question grouping by clip, and the Localizer over one video (`score_frames`; answering
+one video is `sevila.predict`).
 
 Why a cache (DESIGN.md §5): per question at full size most compute is the frozen ViT-g over `n_frames` frames, and
 its output depends only on (the video file, the frame sampling, the vision weights). The official code recomputes
@@ -353,50 +354,3 @@ def score_frames(model, video_path: str | Path, query: str, n_frames: int = 32, 
     with torch.no_grad():
         scores = model.localize(features.unsqueeze(0).to(_device(model)), [loc_prompt]).scores[0]  # [T]
     return [(float(t), float(s)) for t, s in zip(meta.timestamps, scores.float().cpu())]
-
-
-@dataclass(frozen=True)
-class VideoAnswer:
-    """What SeViLA's forward chain (Localizer -> Answerer) decided about one question on one video."""
-
-    pred: int  # option index
-    option_logits: list[float]  # the letter logits (A.. for the question's options)
-    option_probs: list[float]  # softmax over the question's options
-    keyframes: list[int]  # positions among the sampled frames, temporal order
-    keyframe_timestamps: list[float]
-    frame_indices: list[int]  # sampled video frame indices
-    frame_timestamps: list[float]
-    frame_scores: list[float]  # Localizer score per sampled frame
-    qa_truncated: bool
-    loc_truncated: bool
-    window_fallback: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def answer_video(model, video_path: str | Path, question: str | None, options: Sequence[str], *, n_frames: int = 32,
-                 n_keyframes: int = 4, start: float | None = None, end: float | None = None,
-                 cache: FeatureCache | None = None, sample: FrameSample | None = None) -> VideoAnswer:
-    """SeViLA on one video (paper §3.1 forward chain): the Localizer picks `n_keyframes` of `n_frames` uniformly
-    sampled frames, the Answerer reads them together and picks an option. `question=None` means VLEP."""
-    from sevila.selection import Fusion, Selector  # noqa: PLC0415
-
-    if not 1 <= n_keyframes <= n_frames:
-        raise ValueError(f"need 1 <= keyframes <= frames, got {n_keyframes} of {n_frames}")
-    qa_prompt, loc_prompt = prompts.qa_prompts(question, options)
-    features, meta = clip_features(model, video_path, n_frames, start, end, cache=cache, sample=sample)
-    model.eval()
-    with torch.no_grad():
-        res = model.answer(features.unsqueeze(0).to(_device(model)), [qa_prompt], [len(options)],
-                           selector=Selector.LOCALIZER, fusion=Fusion.CONCAT, n_keyframes=n_keyframes,
-                           loc_prompts=[loc_prompt])
-    logits = res.option_logits[0, : len(options)].float().cpu()  # [n_options]
-    keyframes = [int(k) for k in res.frames[0].cpu()]
-    return VideoAnswer(
-        pred=int(res.pred[0]), option_logits=logits.tolist(), option_probs=logits.softmax(0).tolist(),
-        keyframes=keyframes, keyframe_timestamps=[float(meta.timestamps[k]) for k in keyframes],
-        frame_indices=[int(i) for i in meta.indices], frame_timestamps=[float(t) for t in meta.timestamps],
-        frame_scores=[float(s) for s in res.frame_scores[0].float().cpu()],
-        qa_truncated=bool(res.qa_truncated[0]), loc_truncated=bool(res.loc_truncated[0]),
-        window_fallback=bool(meta.window_fallback))

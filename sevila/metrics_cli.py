@@ -12,12 +12,13 @@ import argparse
 import json
 import sys
 
+from sevila.cli import one_line
 from sevila.io import atomic_write_json
 from sevila.moments import MAX_PRED_WINDOWS, evaluate_moments, load_ground_truth, load_predictions, match_qids
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
         "eval-moments",
         help="QVHighlights moment-retrieval metrics (official definitions)",
         description=__doc__.split("\n\n")[0],
@@ -31,10 +32,10 @@ def register(subparsers) -> None:
         help="evaluate only the qids present in both files (the official match_number=False) instead of failing "
         "when some GT qid has no prediction; the counts are reported under 'qids'",
     )
-    p.set_defaults(func=handle)
+    p.set_defaults(func=_cli_eval_moments)
 
 
-def handle(args: argparse.Namespace) -> int:
+def _cli_eval_moments(args: argparse.Namespace) -> int:
     try:
         gt = load_ground_truth(args.gt)
         pred = load_predictions(args.pred, ground_truth=gt)
@@ -49,8 +50,8 @@ def handle(args: argparse.Namespace) -> int:
                     f"(e.g. {missing[:5]}); pass --partial to evaluate the intersection"
                 )
         result = evaluate_moments(gt, pred, max_pred_windows=MAX_PRED_WINDOWS)
-    except (OSError, ValueError) as e:
-        print(f"sevila eval-moments: error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:  # sevila.moments names the file and qid in its ValueErrors
+        print(f"sevila eval-moments: error: {one_line(e)}", file=sys.stderr)
         return 2
     if counts is not None:
         result["qids"] = counts

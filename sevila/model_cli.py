@@ -2,13 +2,15 @@
 
 - `model-info`: parameter counts of a preset, built on the meta device (no memory, no weights);
 - `answer VIDEO --question Q --option A --option B ...`: SeViLA's forward chain on one video (Localizer keyframes ->
-  Answerer), printing the answer, the option scores and the keyframe times, and writing a PNG strip of the keyframes
-  and a plot of the Localizer score over time (sevila/viz.py);
+  Answerer, `sevila.predict`), printing the answer, the option scores and the keyframe times, and writing a PNG strip
+  of the keyframes and a plot of the Localizer score over time (sevila/viz.py);
 - `localize VIDEO --query Q`: the Localizer's score for every sampled frame.
 
-`--weights` is our checkpoint directory (`save_sevila`: weights + config + tokenizer), a transformers BLIP-2 Flan-T5
-directory, or an official SeViLA/LAVIS `.pth`; `--backbone` (a BLIP-2 directory) supplies the frozen ViT and Flan-T5
-when the weights hold only the bridges. Nothing is downloaded. What was loaded from where is printed to stderr.
+The model is assembled as the pipeline assembles it (`sevila.predict.load_chain`): `--backbone` (a transformers
+BLIP-2 Flan-T5 directory, or our complete checkpoint such as `models/backbone`), optionally `--weights` laid over it
+(an official SeViLA/LAVIS `.pth`, or our bridges checkpoint; alone, `--weights` may be any of the three), then the
+pipeline's module checkpoints `--localizer models/localizer/<id>` and `--answerer models/answerer/finetuned_r<N>`.
+Nothing is downloaded. What was loaded from where is printed to stderr.
 """
 from __future__ import annotations
 
@@ -17,6 +19,15 @@ import json
 import sys
 from pathlib import Path
 from typing import Callable
+
+from sevila import prompts, viz
+from sevila.checkpoints import LavisLayout
+from sevila.data.video import VideoNotFound, read_frames
+from sevila.features import FeatureCache, score_frames
+from sevila.model import build_sevila, parameter_counts, sevila_flant5xl, sevila_tiny
+from sevila.errors import BadArgument
+from sevila.predict import Prediction, check_arguments, load_chain, predict_with
+from sevila.tokenizer import load_tokenizer
 
 
 def _register_model_info(sub: argparse._SubParsersAction) -> None:
@@ -31,26 +42,20 @@ def _register_model_info(sub: argparse._SubParsersAction) -> None:
                    help="tiny preset: T5 vocabulary size (default: the tokenizer's size, else 512)")
     p.add_argument("--tokenizer", default=None, help="tiny preset: tokenizer directory whose size sets the vocabulary")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    p.set_defaults(func=model_info)
+    p.set_defaults(func=_cli_model_info)
 
 
-def model_info(args: argparse.Namespace) -> int:
-    from sevila.model import build_sevila, parameter_counts, sevila_flant5xl, sevila_tiny
-
+def _cli_model_info(args: argparse.Namespace) -> int:
     if args.preset == "flant5xl":
         if args.vocab_size is not None or args.tokenizer is not None:
-            print("sevila model-info: --vocab-size/--tokenizer apply to --preset tiny only", file=sys.stderr)
-            return 2
+            raise BadArgument("--vocab-size/--tokenizer apply to --preset tiny only")
         config = sevila_flant5xl()
     else:
         vocab = args.vocab_size
         if args.tokenizer is not None:
-            from sevila.tokenizer import load_tokenizer
-
             n = len(load_tokenizer(args.tokenizer))
             if vocab is not None and vocab < n:
-                print(f"sevila model-info: --vocab-size {vocab} < tokenizer size {n}", file=sys.stderr)
-                return 2
+                raise BadArgument(f"--vocab-size {vocab} < tokenizer size {n}")
             vocab = vocab or n
         config = sevila_tiny(vocab or 512)
     counts = parameter_counts(build_sevila(config, device="meta"))
@@ -70,14 +75,21 @@ def model_info(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------ answer / localize
 
 
-def _add_weights_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", required=True, type=Path,
-                   help="our checkpoint directory (weights + config + tokenizer), a transformers BLIP-2 Flan-T5 "
-                        "directory, or an official SeViLA/LAVIS .pth")
+def _add_model_args(p: argparse.ArgumentParser, *, answerer: bool) -> None:
     p.add_argument("--backbone", type=Path, default=None,
-                   help="transformers BLIP-2 directory giving the frozen ViT + Flan-T5 (and tokenizer) when --weights "
-                        "holds only the Q-Former bridges")
-    p.add_argument("--layout", choices=("sevila", "blip2"), default="sevila",
+                   help="the model the modules sit on: a transformers BLIP-2 Flan-T5 directory, or our complete "
+                        "checkpoint (the pipeline's models/backbone)")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="laid over --backbone: an official SeViLA/LAVIS .pth or our bridges checkpoint; without "
+                        "--backbone: our complete checkpoint, a BLIP-2 directory (one of the two is required)")
+    p.add_argument("--localizer", type=Path, default=None,
+                   help="a Localizer module checkpoint of the pipeline, e.g. models/localizer/qvh_sr_r1 "
+                        "(default: the backbone's Q-Former)")
+    if answerer:
+        p.add_argument("--answerer", type=Path, default=None,
+                       help="an Answerer module checkpoint of the pipeline, e.g. models/answerer/finetuned_r1 "
+                            "(default: the backbone's Q-Former, zero-shot)")
+    p.add_argument("--layout", choices=[m.value for m in LavisLayout], default=LavisLayout.SEVILA.value,
                    help=".pth only: 'sevila' = un-suffixed keys are the Answerer, *_loc the Localizer; 'blip2' = a "
                         "BLIP-2 checkpoint whose Q-Former initialises both modules")
     p.add_argument("--start", type=float, default=None, help="clip start in seconds (default: whole video)")
@@ -90,111 +102,94 @@ def _add_weights_args(p: argparse.ArgumentParser) -> None:
 def _register_answer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "answer", help="answer a multiple-choice question about one video (Localizer -> Answerer)",
-        description="SeViLA's forward chain on one video (paper §3.1): the Localizer scores --frames uniformly "
-        "sampled frames, the top --keyframes (in temporal order) go to the Answerer, which picks an option.")
+        description="SeViLA's forward chain on one video (paper §3.1): the Localizer scores --n-frames uniformly "
+        "sampled frames, the top --n-keyframes (in temporal order) go to the Answerer, which picks an option. "
+        "The pipeline's trained SeViLA: --backbone models/backbone --localizer models/localizer/qvh_sr_r1 "
+        "--answerer models/answerer/finetuned_r1.")
     p.add_argument("video", type=Path)
     p.add_argument("--question", default=None, help="the question (omit for VLEP-style next-event prediction)")
     p.add_argument("--option", action="append", required=True, help="an answer option; repeat, 1 to 5 times")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled uniformly (paper: 32)")
-    p.add_argument("--keyframes", type=int, default=4, help="keyframes the Answerer reads (paper: 4)")
+    p.add_argument("--n-frames", type=int, default=32, help="frames sampled uniformly (paper: 32)")
+    p.add_argument("--n-keyframes", type=int, default=4, help="keyframes the Answerer reads (paper: 4)")
     p.add_argument("--out", type=Path, default=None,
                    help="directory for keyframes.png and localizer_scores.png (default: ./sevila-answer/<video stem>)")
-    _add_weights_args(p)
-    p.set_defaults(func=answer_command)
+    _add_model_args(p, answerer=True)
+    p.set_defaults(func=_cli_answer)
 
 
 def _register_localize(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "localize", help="the Localizer's score for every sampled frame of one video",
-        description="Score --frames uniformly sampled frames with the Localizer (logit of 'yes'). Without --option "
-        "the query is asked as in QVHighlights pre-training; with options, as a multiple-choice question.")
+        description="Score --n-frames uniformly sampled frames with the Localizer (logit of 'yes'). Without "
+        "--option the query is asked as in QVHighlights pre-training; with options, as a multiple-choice question.")
     p.add_argument("video", type=Path)
     p.add_argument("--query", required=True)
     p.add_argument("--option", action="append", default=None, help="answer options, if the query is a question")
-    p.add_argument("--frames", type=int, default=32)
-    _add_weights_args(p)
-    p.set_defaults(func=localize_command)
+    p.add_argument("--n-frames", type=int, default=32, help="frames sampled uniformly (paper: 32)")
+    _add_model_args(p, answerer=False)
+    p.set_defaults(func=_cli_localize)
 
 
-def _fail(cmd: str, msg: str, code: int = 1) -> int:
-    print(f"sevila {cmd}: {msg}", file=sys.stderr)
-    return code
-
-
-def _load(args: argparse.Namespace):
-    """(model on its device, cache or None) from the shared arguments; reports of what was loaded go to stderr."""
-    import torch
-
-    from sevila.checkpoints import LavisLayout, load_for_inference
-    from sevila.features import FeatureCache
-
-    model, reports = load_for_inference(args.weights, args.backbone, layout=LavisLayout(args.layout))
+def _load(args: argparse.Namespace, answerer: Path | None = None):
+    """(model on its device, feature cache or None); what was loaded from where goes to stderr."""
+    model, reports = load_chain(args.backbone, args.localizer, answerer, weights=args.weights,
+                                layout=LavisLayout(args.layout), device=args.device)
     for rep in reports:
         print(rep.summary(), file=sys.stderr)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
-    cache = FeatureCache(args.cache, model) if args.cache is not None else None
-    return model, cache
+    return model, (FeatureCache(args.cache, model) if args.cache is not None else None)
 
 
-def answer_command(args: argparse.Namespace) -> int:
-    from sevila import prompts, viz
-    from sevila.checkpoints import CheckpointError
-    from sevila.data.video import VideoError, read_frames
-    from sevila.features import answer_video
+def _check_video(video: Path) -> None:
+    """Before a load that may take minutes: the video must exist (read errors come later, named by the reader)."""
+    if not video.is_file():
+        raise VideoNotFound(video, "no such file")
 
-    n_opt = len(args.option)
-    if not 1 <= n_opt <= len(prompts.OPTION_LETTERS):
-        return _fail("answer", f"give 1 to {len(prompts.OPTION_LETTERS)} --option, got {n_opt}", 2)
-    if not 1 <= args.keyframes <= args.frames:
-        return _fail("answer", f"need 1 <= --keyframes <= --frames, got {args.keyframes} and {args.frames}", 2)
-    try:
-        model, cache = _load(args)
-        sample = read_frames(args.video, args.frames, args.start, args.end, size=model.config.image_size)
-        ans = answer_video(model, args.video, args.question, args.option, n_frames=args.frames,
-                           n_keyframes=args.keyframes, start=args.start, end=args.end, cache=cache, sample=sample)
-    except (CheckpointError, VideoError, FileNotFoundError, ValueError) as e:
-        return _fail("answer", str(e))
+
+def _cli_answer(args: argparse.Namespace) -> int:
+    check_arguments(args.option, args.n_frames, args.n_keyframes)
+    _check_video(args.video)
+    model, cache = _load(args, args.answerer)
+    sample = read_frames(args.video, args.n_frames, args.start, args.end, size=model.config.image_size)
+    pred = predict_with(model, args.video, args.question, args.option, n_frames=args.n_frames,
+                        n_keyframes=args.n_keyframes, start=args.start, end=args.end, cache=cache, sample=sample)
     out = args.out if args.out is not None else Path("sevila-answer") / args.video.stem
-    letter = prompts.OPTION_LETTERS[ans.pred]
-    title = args.question or prompts.VLEP_QUESTION
-    strip = viz.keyframe_strip(viz.to_uint8_images(sample.pixels[ans.keyframes]), ans.keyframe_timestamps,
-                               out / "keyframes.png", title=f"{title} -> {letter}: {args.option[ans.pred]}")
-    plot = viz.score_plot(ans.frame_timestamps, ans.frame_scores, ans.keyframes, out / "localizer_scores.png",
-                          title=f"Localizer: {title}")
+    strip, plot = _pictures(pred, sample, args.question, out)
     if args.json:
         print(json.dumps({"video": str(args.video), "question": args.question, "options": args.option,
-                          "answer": ans.pred, "letter": letter, "answer_text": args.option[ans.pred],
-                          **ans.to_json(), "files": {"strip": str(strip), "plot": str(plot)}}))
+                          **pred.to_json(), "files": {"strip": str(strip), "plot": str(plot)}}))
         return 0
-    print(f"answer: {letter} ({args.option[ans.pred]})")
+    print(f"answer: {pred.letter} ({pred.answer_text})")
     print("option scores (letter logit, probability over the options):")
-    for i, (opt, lg, pr) in enumerate(zip(args.option, ans.option_logits, ans.option_probs)):
-        mark = "*" if i == ans.pred else " "
+    for i, (opt, lg, pr) in enumerate(zip(args.option, pred.option_logits, pred.option_probs)):
+        mark = "*" if i == pred.answer else " "
         print(f" {mark} {prompts.OPTION_LETTERS[i]}  {lg:9.4f}  {pr:6.3f}  {opt}")
-    print("keyframes (s): " + " ".join(f"{t:.2f}" for t in ans.keyframe_timestamps))
-    if ans.qa_truncated or ans.loc_truncated:
+    print("keyframes (s): " + " ".join(f"{t:.2f}" for t in pred.keyframe_timestamps))
+    if pred.qa_truncated or pred.loc_truncated:
         print(f"warning: a prompt was cut at {model.config.max_text_len} tokens (the last options may be unseen)")
-    if ans.window_fallback:
+    if pred.window_fallback:
         print("warning: the --start/--end window was unusable; the whole video was sampled")
     print(f"wrote {strip}")
     print(f"wrote {plot}")
     return 0
 
 
-def localize_command(args: argparse.Namespace) -> int:
-    from sevila.checkpoints import CheckpointError
-    from sevila.data.video import VideoError
-    from sevila.features import score_frames
+def _pictures(pred: Prediction, sample, question: str | None, out: Path) -> tuple[Path, Path]:
+    """The keyframe strip and the Localizer score plot of one prediction."""
+    title = question or prompts.VLEP_QUESTION
+    strip = viz.keyframe_strip(viz.to_uint8_images(sample.pixels[pred.keyframes]), pred.keyframe_timestamps,
+                               out / "keyframes.png", title=f"{title} -> {pred.letter}: {pred.answer_text}")
+    plot = viz.score_plot(pred.frame_timestamps, pred.frame_scores, pred.keyframes, out / "localizer_scores.png",
+                          title=f"Localizer: {title}")
+    return strip, plot
 
-    if args.frames < 1:
-        return _fail("localize", f"--frames must be >= 1, got {args.frames}", 2)
-    try:
-        model, cache = _load(args)
-        scores = score_frames(model, args.video, args.query, args.frames, options=args.option, start=args.start,
-                              end=args.end, cache=cache)
-    except (CheckpointError, VideoError, FileNotFoundError, ValueError) as e:
-        return _fail("localize", str(e))
+
+def _cli_localize(args: argparse.Namespace) -> int:
+    if args.n_frames < 1:
+        raise BadArgument(f"--n-frames must be >= 1, got {args.n_frames}")
+    _check_video(args.video)
+    model, cache = _load(args)
+    scores = score_frames(model, args.video, args.query, args.n_frames, options=args.option, start=args.start,
+                          end=args.end, cache=cache)
     if args.json:
         print(json.dumps({"video": str(args.video), "query": args.query, "n_frames": len(scores),
                           "frames": [{"timestamp": t, "score": s} for t, s in scores]}))

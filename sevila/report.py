@@ -1,7 +1,7 @@
 """`sevila report`: the paper's ablation tables, built from the tracked evaluation runs.
 
 Input is the runs DataFrame of `sevila.tracking.finished_runs` (one row per run, typed pivot-tag columns and
-`metrics.<name>` columns); every function here but `main`/`_cli` is pure over that frame, so tables are tested
+`metrics.<name>` columns); every function here but `main`/`_cli_report` is pure over that frame, so tables are tested
 on hand-made frames without MLflow. Of each variant only the latest FINISHED run counts
 (`tracking.latest_per_variant`): rerunning a variant replaces its row, a failed rerun does not.
 
@@ -453,10 +453,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", action="append", default=[], metavar="NAME",
                    help="another metric column, e.g. --metric Causal (repeatable)")
     p.add_argument("--no-log", action="store_true", help="write the files only; log nothing to MLflow")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli_report)
 
 
-def _cli(args: argparse.Namespace) -> int:
+def _cli_report(args: argparse.Namespace) -> int:
     from sevila.tracking import finished_runs, normalize_uri, tracking_uri
 
     # The store is resolved without pinning it (configure) so that calling this in-process changes nothing.

@@ -74,8 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("repro", help="dvc repro, with every stage's MLflow run nested under one parent run",
                        prefix_chars="+", add_help=False)
     p.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for `dvc repro`")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli_repro)
 
 
-def _cli(args: argparse.Namespace) -> int:
+def _cli_repro(args: argparse.Namespace) -> int:
     return repro(list(args.dvc_args))

@@ -1,15 +1,19 @@
 """Data validation with Great Expectations 1.x: suites defined in code over the canonical records.
 
 Each check is an Expectation over a pandas frame derived from the records (one row per question, one row per
-window, one row per (video, split) pair), so the report names the failing rows by qid. `sevila validate` writes
-the report as JSON and exits non-zero when any expectation fails.
+window, one row per (video, split) pair), so the report names the failing rows by qid, and by the source (file
+or split) each row came from. `sevila validate` reports every file it was given, keyed by its path, writes the
+report as JSON and exits 1 when an expectation fails; an unreadable file (empty, not UTF-8, cut off, a JSON array,
+a wrong field type such as `"answer": "abc"`) is one error line naming the file and line, exit 2.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -17,6 +21,7 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 
 from sevila.data.records import MomentRecord, QARecord, Record, read_records
+from sevila.errors import UserError
 from sevila.io import atomic_write_json
 
 # Options per question in each benchmark's official files (VLEP: two future events).
@@ -39,34 +44,49 @@ class CheckResult:
     name: str
     success: bool
     evaluated: int
-    failing: list[str] = field(default_factory=list)  # qids (or videos) of failing rows
+    failing: list[str] = field(default_factory=list)  # qids (or video@split) of failing rows
+    by_source: dict[str, list[str]] = field(default_factory=dict)  # the same, per source with failing rows
 
     def to_dict(self) -> dict:
         return {"expectation": self.name, "success": self.success, "evaluated": self.evaluated,
-                "n_failing": len(self.failing), "failing": self.failing}
+                "n_failing": len(self.failing), "failing": self.failing, "by_source": self.by_source}
 
 
 @dataclass
 class ValidationReport:
     results: list[CheckResult]
     n_records: int
+    sources: dict[str, int] = field(default_factory=dict)  # source (file path or split) -> its record count
 
     @property
     def success(self) -> bool:
         return all(r.success for r in self.results)
 
+    def failures_of(self, source: str) -> dict[str, list[str]]:
+        """expectation -> failing rows of one source."""
+        return {r.name: r.by_source[source] for r in self.results if source in r.by_source}
+
     def to_dict(self) -> dict:
         return {"success": self.success, "n_records": self.n_records,
                 "n_failed": sum(not r.success for r in self.results),
+                "sources": {s: {"n_records": n, "success": not self.failures_of(s), "failing": self.failures_of(s)}
+                            for s, n in self.sources.items()},
                 "expectations": [r.to_dict() for r in self.results]}
 
 
-def question_frame(records: Iterable[Record], split_of: Mapping[int, str], videos: Path | None) -> pd.DataFrame:
-    """One row per record with the columns the expectations read."""
+QUESTION_COLUMNS = ["qid", "source", "dataset", "video", "split", "kind", "n_options", "expected_options", "answer",
+                    "needs_question", "question_len", "duration", "video_readable"]
+
+
+def question_frame(records: Iterable[Record], source_of: Sequence[str], split_of: Mapping[str, str],
+                   videos: Path | None) -> pd.DataFrame:
+    """One row per record with the columns the expectations read; `source_of[i]` names record i's source and
+    `split_of` a source's split (for records that carry none)."""
     rows = []
     readable = functools.lru_cache(maxsize=None)(lambda v: video_readable(videos, v))  # once per video
     for i, r in enumerate(records):
-        row = {"qid": r.qid, "dataset": r.dataset, "video": r.video, "split": r.split or split_of.get(i, "")}
+        src = source_of[i]
+        row = {"qid": r.qid, "source": src, "dataset": r.dataset, "video": r.video, "split": r.split or split_of[src]}
         if isinstance(r, QARecord):
             row |= {"kind": "qa", "n_options": len(r.options),
                     "expected_options": EXPECTED_OPTIONS.get(r.dataset, len(r.options)),
@@ -77,31 +97,34 @@ def question_frame(records: Iterable[Record], split_of: Mapping[int, str], video
                     "needs_question": True, "question_len": len(r.query.strip()), "duration": r.duration}
         row["video_readable"] = readable(r.video) if videos is not None else True
         rows.append(row)
-    df = pd.DataFrame(rows)
+    # Records check their field types when built (sevila.data.records), so these columns are numbers or None;
+    # to_numeric only turns None into NaN, which the pair expectations skip.
+    df = pd.DataFrame(rows, columns=QUESTION_COLUMNS)
     for col in ("n_options", "expected_options", "answer", "duration"):
-        df[col] = pd.to_numeric(df[col], errors="coerce")
+        df[col] = pd.to_numeric(df[col])
     return df
 
 
-def window_frame(records: Iterable[Record]) -> pd.DataFrame:
+def window_frame(records: Iterable[Record], source_of: Sequence[str]) -> pd.DataFrame:
     """One row per window: moment relevant windows (bounded by the duration) and QA clip windows."""
     rows = []
-    for r in records:
+    for r, src in zip(records, source_of):
         if isinstance(r, MomentRecord):
             for s, e in r.windows or ():
-                rows.append({"qid": r.qid, "start": s, "end": e, "duration": r.duration})
+                rows.append({"qid": r.qid, "source": src, "start": s, "end": e, "duration": r.duration})
         elif r.has_window:
-            rows.append({"qid": r.qid, "start": r.start, "end": r.end, "duration": None})
+            rows.append({"qid": r.qid, "source": src, "start": r.start, "end": r.end, "duration": None})
         if isinstance(r, QARecord):
             for s, e in r.evidence or ():
-                rows.append({"qid": r.qid, "start": s, "end": e, "duration": None})
-    df = pd.DataFrame(rows, columns=["qid", "start", "end", "duration"])
+                rows.append({"qid": r.qid, "source": src, "start": s, "end": e, "duration": None})
+    df = pd.DataFrame(rows, columns=["qid", "source", "start", "end", "duration"])
     return df.astype({"start": float, "end": float, "duration": float})
 
 
 def split_frame(qdf: pd.DataFrame) -> pd.DataFrame:
-    """One row per distinct (video, split): a video id appearing twice here sits in two splits."""
-    pairs = qdf[["video", "split"]].drop_duplicates()
+    """One row per distinct (video, split): a video id appearing twice here sits in two splits. `source` lists
+    the sources holding the pair (so a leak is reported under every file it is in)."""
+    pairs = qdf.groupby(["video", "split"], sort=False)["source"].agg(lambda s: sorted(set(s))).reset_index()
     return pairs.assign(qid=pairs["video"] + "@" + pairs["split"])
 
 
@@ -143,21 +166,25 @@ def build_checks() -> list[Check]:
     ]
 
 
-def validate_records(splits: Mapping[str, Sequence[Record]], videos: Path | None = None) -> ValidationReport:
-    """Run every check over the records of all splits together (so cross-split leaks are seen)."""
+def validate_records(sources: Mapping[str, Sequence[Record]], videos: Path | None = None, *,
+                     split_names: Mapping[str, str] | None = None) -> ValidationReport:
+    """Run every check over the records of all sources together (so cross-split leaks are seen).
+
+    `sources` maps a name (a split, or a file path) to its records; a record that carries no split of its own
+    is in the split `split_names[name]` (default: the name itself)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # no network here, and none wanted
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     logging.getLogger("great_expectations").setLevel(logging.ERROR)
     records: list[Record] = []
-    split_of: dict[int, str] = {}
-    for name, recs in splits.items():
-        for r in recs:
-            split_of[len(records)] = name
-            records.append(r)
-    qdf = question_frame(records, split_of, videos)
-    frames = {"questions": qdf, "windows": window_frame(records), "splits": split_frame(qdf)}
+    source_of: list[str] = []
+    for name, recs in sources.items():
+        records += recs
+        source_of += [name] * len(recs)
+    split_of = {name: (split_names or {}).get(name, name) for name in sources}
+    qdf = question_frame(records, source_of, split_of, videos)
+    frames = {"questions": qdf, "windows": window_frame(records, source_of), "splits": split_frame(qdf)}
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -171,11 +198,15 @@ def validate_records(splits: Mapping[str, Sequence[Record]], videos: Path | None
         batch_def = source.add_dataframe_asset(check.name).add_batch_definition_whole_dataframe("all")
         batch = batch_def.get_batch(batch_parameters={"dataframe": df})
         res = batch.validate(check.expectation, result_format="COMPLETE")
-        bad_rows = res.result.get("unexpected_index_list") or []
-        failing = sorted({str(df.loc[_row_label(i), "qid"]) for i in bad_rows})
+        bad = df.loc[[_row_label(i) for i in res.result.get("unexpected_index_list") or []]]
+        by_source: dict[str, set[str]] = {}
+        for qid, src in zip(bad["qid"], bad["source"]):
+            for s in ([src] if isinstance(src, str) else src):
+                by_source.setdefault(s, set()).add(str(qid))
         results.append(CheckResult(check.name, bool(res.success), int(res.result.get("element_count", len(df))),
-                                   failing))
-    return ValidationReport(results, len(records))
+                                   sorted(set(map(str, bad["qid"]))),
+                                   {s: sorted(q) for s, q in sorted(by_source.items())}))
+    return ValidationReport(results, len(records), {name: len(recs) for name, recs in sources.items()})
 
 
 def _row_label(idx):
@@ -186,30 +217,42 @@ def _row_label(idx):
 
 
 def validate_files(files: Sequence[str | Path], videos: str | Path | None = None) -> ValidationReport:
-    """Validate canonical record files; each file is one split (named by its stem)."""
-    splits = {Path(f).stem: read_records(f) for f in files}
-    return validate_records(splits, Path(videos) if videos is not None else None)
+    """Validate canonical record files together; each is reported under its path as given, and records that
+    carry no split are in the split named by their file's stem (a/val.jsonl and b/val.jsonl are both 'val')."""
+    paths = [Path(f) for f in files]
+    for i, p in enumerate(paths):
+        for q in paths[:i]:
+            if p.exists() and q.exists() and os.path.samefile(p, q):
+                raise UserError(f"{p} and {q} are the same file: give each file once")
+    sources = {}
+    for p in paths:
+        sources[str(p)] = read_records(p)
+        if not sources[str(p)]:
+            raise UserError(f"{p}: no records (an empty file): nothing to validate")
+    return validate_records(sources, Path(videos) if videos is not None else None,
+                            split_names={str(p): p.stem for p in paths})
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="validate canonical record files with Great Expectations")
-    p.add_argument("files", nargs="+", help="canonical record files (.jsonl/.parquet); one split per file")
+    p.add_argument("files", nargs="+", help="canonical record files (.jsonl/.parquet); each is reported under its "
+                                            "path; records without a split are in the split named by the file stem")
     p.add_argument("--videos", help="video root: checks that every record's video file is present")
     p.add_argument("--report", default="-", help="JSON report path ('-' prints it)")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli_validate)
 
 
-def _cli(args: argparse.Namespace) -> int:
-    import json
-
+def _cli_validate(args: argparse.Namespace) -> int:
     report = validate_files(args.files, args.videos)
     payload = report.to_dict()
     if args.report == "-":
         print(json.dumps(payload, indent=2))
     else:
         atomic_write_json(args.report, payload)
-    for r in report.results:
-        if not r.success:
-            shown = ", ".join(r.failing[:5]) + (" ..." if len(r.failing) > 5 else "")
-            print(f"FAILED {r.name}: {len(r.failing)} row(s): {shown}", file=__import__("sys").stderr)
+    for source, n in report.sources.items():
+        failures = report.failures_of(source)
+        print(f"{'FAILED' if failures else 'ok'} {source}: {n} records", file=sys.stderr)
+        for name, rows in failures.items():
+            shown = ", ".join(rows[:5]) + (" ..." if len(rows) > 5 else "")
+            print(f"  FAILED {name}: {len(rows)} row(s): {shown}", file=sys.stderr)
     return 0 if report.success else 1

@@ -25,9 +25,10 @@ CHAIN = ["prepare", "validate", "bootstrap", "pretrain_localizer", "pseudo_label
 # Another helper writes the bootstrap stage; until it lands, checks that need its files or params skip it.
 BOOTSTRAP_LANDED = (REPO / "sevila/stages/bootstrap.py").is_file() and "bootstrap" in PARAMS
 
-# Modules a stage imports that cannot change what it writes: the command line, atomic file writes, and the
-# run loggers (tracking only matters to the report, which reads MLflow).
-NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/io.py", "sevila/runlog.py", "sevila/tracking.py"}
+# Modules a stage imports that cannot change what it writes: the command line, atomic file writes, the error
+# classes, and the run loggers (tracking only matters to the report, which reads MLflow).
+NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/errors.py", "sevila/io.py", "sevila/runlog.py",
+               "sevila/tracking.py"}
 # prepare imports every benchmark reader through sevila.data.annotations; the synthetic world is read only
 # through the NExT-QA and QVHighlights ones.
 NOT_READ = {"prepare": {"sevila/data/__init__.py", "sevila/data/how2qa.py", "sevila/data/star.py",

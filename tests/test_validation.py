@@ -100,3 +100,66 @@ def test_cli_writes_report_and_exits_nonzero(tmp_path, clean_world, capsys):
     bad = [e for e in report["expectations"] if not e["success"]]
     assert [(e["expectation"], e["failing"]) for e in bad] == [("answer_in_range", ["DC_1_0"])]
     assert "FAILED answer_in_range: 1 row(s): DC_1_0" in capsys.readouterr().err
+
+
+def test_files_with_one_stem_are_each_validated_and_reported(tmp_path, clean_world, capsys):
+    """a/val.jsonl and b/val.jsonl: both are read, keyed by path, and a defect is named under its own file."""
+    splits, videos = clean_world()
+    a, b = tmp_path / "a" / "val.jsonl", tmp_path / "b" / "val.jsonl"
+    write_records(a, splits["train"])
+    DEFECTS["answer_in_range"](splits)  # DC_1_0 gets answer 5 of 5 options, only in b
+    bad = [dataclasses.replace(r, qid=f"b{r.qid}") for r in splits["train"]]
+    write_records(b, bad)
+    out = tmp_path / "report.json"
+    assert cli_main(["validate", str(a), str(b), "--videos", str(videos), "--report", str(out)]) == 1
+    report = json.loads(out.read_text())
+    assert report["n_records"] == 6
+    assert report["sources"] == {
+        str(a): {"n_records": 3, "success": True, "failing": {}},
+        str(b): {"n_records": 3, "success": False, "failing": {"answer_in_range": ["bDC_1_0"]}},
+    }
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"ok {a}: 3 records", f"FAILED {b}: 3 records", "  FAILED answer_in_range: 1 row(s): bDC_1_0"]
+
+
+def test_a_video_in_two_files_of_two_splits_is_named_under_both(tmp_path, clean_world):
+    splits, videos = clean_world()
+    DEFECTS["video_in_one_split"](splits)
+    report = validate_records(splits, videos)
+    (leak,) = [r for r in report.results if not r.success]
+    assert leak.by_source == {"test": ["a/1@test"], "train": ["a/1@train"]}
+
+
+def test_no_records_at_all_is_valid_not_a_crash():
+    report = validate_records({"train": [], "moments_train": []})
+    assert report.success and report.n_records == 0 and report.sources == {"train": 0, "moments_train": 0}
+
+
+GOOD_LINE = '{"dataset": "nextqa", "qid": "q1", "video": "a/1", "question": "why?", "options": ["a", "b"], "answer": 1}'
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "val.jsonl: no records (an empty file)"),
+    ((GOOD_LINE + "\n" + GOOD_LINE[:30]).encode(), "val.jsonl, line 2: not valid JSON"),
+    ((GOOD_LINE + "\n" + GOOD_LINE.replace("why?", "\xe7a?")).encode("latin-1"),
+     "val.jsonl, line 2: not UTF-8 text (byte 0xe7"),
+    (f"[{GOOD_LINE}]".encode(), "val.jsonl: a JSON array, not JSON Lines"),
+    (GOOD_LINE.replace('"answer": 1', '"answer": "abc"').encode(),
+     "val.jsonl, line 1: answer must be an integer or null, got 'abc'"),
+])
+def test_unreadable_input_is_one_line_naming_the_file(tmp_path, capsys, content, message):
+    f = tmp_path / "val.jsonl"
+    f.write_bytes(content)
+    out = tmp_path / "report.json"
+    assert cli_main(["validate", str(f), "--report", str(out)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith(f"sevila validate: error: {tmp_path}/{message}") and len(err.splitlines()) == 1, err
+    assert captured.out == "" and not out.exists()  # no report for input that could not be read
+
+
+def test_the_same_file_twice_is_refused(tmp_path, clean_world, capsys):
+    splits, _ = clean_world()
+    f = write_records(tmp_path / "train.jsonl", splits["train"])
+    assert cli_main(["validate", str(f), str(tmp_path / "." / "train.jsonl")]) == 2
+    assert "are the same file" in capsys.readouterr().err

@@ -13,6 +13,8 @@ SeViLA's converted JSON therefore gives the same records.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import math
 import re
@@ -20,7 +22,7 @@ from enum import Enum
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterator, Sequence
 
-from sevila.data.records import MomentRecord, QARecord, Record
+from sevila.data.records import AnnotationError, MomentRecord, QARecord, Record  # AnnotationError: re-exported
 
 
 class Dataset(str, Enum):
@@ -50,17 +52,6 @@ class SourceFormat(str, Enum):
 
 # Short alias, so callers can write `fmt=Format.OFFICIAL`.
 Format = SourceFormat
-
-
-class AnnotationError(ValueError):
-    """A malformed annotation; the message names the file, the row/line and the problem."""
-
-    def __init__(self, path: str | Path, where: str | None, problem: str):
-        self.path = Path(path)
-        self.where = where
-        self.problem = problem
-        loc = f"{self.path}" + (f", {where}" if where else "")
-        super().__init__(f"{loc}: {problem}")
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -160,6 +151,28 @@ def split_from_name(path: str | Path) -> str | None:
     return None
 
 
+# ----------------------------------------------------------------------------------------------- CSV files
+
+#: Python's csv module refuses fields over 131072 characters by default (`field_size_limit`); a long question
+#: or answer in an official CSV is data, not an attack on memory (the whole file is read anyway).
+CSV_FIELD_LIMIT = 2**31 - 1  # the largest a C long takes on every platform
+
+
+@contextlib.contextmanager
+def csv_rows(path: Path) -> Iterator[Any]:
+    """A `csv.reader` over a UTF-8 CSV, with no field-size limit while it is read; the process-wide limit is
+    restored afterwards, so other csv users keep theirs. `reader.line_num` names the line of each row."""
+    previous = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh)
+            yield reader
+    except UnicodeDecodeError as e:  # decoded in blocks: the line is not known, the byte is
+        raise AnnotationError(path, None, f"not UTF-8 text (byte {e.object[e.start]:#04x})") from None
+    finally:
+        csv.field_size_limit(previous)
+
+
 # ----------------------------------------------------------------------------------------------- JSON files
 
 
@@ -169,7 +182,11 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[str, dict]]:
     The layout is detected from the contents, not the extension: TVQA ships jsonl while TVQA+ ships one
     array; STAR's `sample_question.json` is a lone object. `where` is "line N" or "record N" (1-based)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise AnnotationError(path, None, f"not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})"
+                              ) from None
     stripped = text.lstrip("\ufeff \t\r\n")
     if not stripped:
         return
@@ -223,7 +240,8 @@ def read_annotations(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
     if video_map is not None and not (dataset is Dataset.NEXTQA and fmt is SourceFormat.OFFICIAL):
-        raise ValueError(f"a video map applies only to official NExT-QA CSVs, not {dataset.value} {fmt.value}")
+        raise AnnotationError(video_map, None,
+                              f"a video map applies only to official NExT-QA CSVs, not {dataset.value} {fmt.value}")
     if fmt is SourceFormat.SEVILA_JSON:
         records: list = sevila_json.read_sevila_json(dataset, path)
     elif dataset is Dataset.NEXTQA:

@@ -1,23 +1,25 @@
 """`sevila convert`: one benchmark annotation file -> canonical records (jsonl/parquet) or SeViLA's JSON.
 
-    sevila convert DATASET INPUT [--video-map FILE] [--from official|sevila-json] --out FILE
+    sevila convert DATASET INPUT [--video-map FILE] [--from official|sevila-json] --out FILE|DIR
                    [--format canonical|sevila-json]
 
 Reading is `read_annotations`; writing is `write_records` (canonical: jsonl, or parquet when OUT ends in
-.parquet) or `write_sevila_json`. Both writes are atomic. The one-line summary counts records, unlabelled
-ones (test splits) and clip-window records whose window is unknown (TVQA `NaN-NaN`), so none of them pass
-unnoticed. Exit status: 0 on success, 1 on a bad input file (the message names the file, line and problem).
+.parquet) or `write_sevila_json`. Both writes are atomic. An existing directory as OUT receives
+`<INPUT stem>.jsonl` (canonical) or `<INPUT stem>.json` (sevila-json). OUT may never be a file that is read
+(INPUT or the video map, however spelt: through `..`, a symlink or a hard link): the official file would be
+replaced by its conversion. The one-line summary counts records, unlabelled ones (test splits) and clip-window
+records whose window is unknown (TVQA `NaN-NaN`), so none of them pass unnoticed. Exit status: 0 on success,
+2 on a bad input file or OUT (one line naming the file, line and problem).
 """
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 from sevila.data.annotations import (
-    AnnotationError,
     Dataset,
     SourceFormat,
     count_missing_windows,
@@ -26,11 +28,17 @@ from sevila.data.annotations import (
 )
 from sevila.data.records import write_records
 from sevila.data.sevila_json import write_sevila_json
+from sevila.errors import UserError
 
 
 class TargetFormat(str, Enum):
     CANONICAL = "canonical"
     SEVILA_JSON = "sevila-json"
+
+    @property
+    def suffix(self) -> str:
+        """The file suffix written into an output directory."""
+        return ".json" if self is TargetFormat.SEVILA_JSON else ".jsonl"
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,8 @@ def convert(
 ) -> ConvertSummary:
     """Read `input` (a `source`-format file of `dataset`) and write it to `out` in the `target` format."""
     dataset, source, target = Dataset(dataset), SourceFormat(source), TargetFormat(target)
-    input, out = Path(input), Path(out)
+    input = Path(input)
+    out = output_path(input, Path(out), target, read=[p for p in (input, video_map) if p is not None])
     records = read_annotations(dataset, input, video_map=video_map, fmt=source)
     if target is TargetFormat.SEVILA_JSON:
         write_sevila_json(out, records, dataset)
@@ -79,18 +88,27 @@ def convert(
     )
 
 
-def _handle(args: argparse.Namespace) -> int:
-    try:
-        summary = convert(args.dataset, args.input, args.out, args.video_map, args.source, args.target)
-    except (AnnotationError, ValueError, FileNotFoundError) as e:
-        print(f"sevila convert: error: {e}", file=sys.stderr)
-        return 1
-    print(summary.line())
+def output_path(input: Path, out: Path, target: TargetFormat, read: list[str | Path]) -> Path:
+    """The file to write: `out`, or `<out>/<input stem><suffix>` when `out` is a directory. Refuses a file that
+    is also read (`read`): compared by device and inode, so another spelling, a symlink or a hard link of the
+    input is caught as well as the same string."""
+    if out.is_dir():
+        out = out / f"{input.stem}{target.suffix}"
+    if out.exists():
+        for src in map(Path, read):
+            if src.exists() and os.path.samefile(src, out):
+                raise UserError(f"--out {out} is the input file {src}: refusing to replace it with its conversion; "
+                                "choose another output path")
+    return out
+
+
+def _cli_convert(args: argparse.Namespace) -> int:
+    print(convert(args.dataset, args.input, args.out, args.video_map, args.source, args.target).line())
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
         "convert",
         help="convert a benchmark annotation file to canonical records or SeViLA JSON",
         description=__doc__.split("\n\n")[0],
@@ -102,9 +120,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--from", dest="source", choices=[f.value for f in SourceFormat], default=SourceFormat.OFFICIAL.value,
         help="format of INPUT (default: official)",
     )
-    p.add_argument("--out", type=Path, required=True, help="file to write (canonical: .jsonl or .parquet)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="file to write (canonical: .jsonl or .parquet), or an existing directory to write "
+                        "<INPUT stem>.jsonl (canonical) / <INPUT stem>.json (sevila-json) into; never INPUT itself")
     p.add_argument(
         "--format", dest="target", choices=[f.value for f in TargetFormat], default=TargetFormat.CANONICAL.value,
         help="format of OUT (default: canonical)",
     )
-    p.set_defaults(func=_handle)
+    p.set_defaults(func=_cli_convert)

@@ -16,7 +16,6 @@ rows), stable for a given file.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import re
 from pathlib import Path
@@ -25,6 +24,7 @@ from sevila.data.annotations import (
     AnnotationError,
     check_video_id,
     clip_window,
+    csv_rows,
     parse_seconds,
     split_from_name,
 )
@@ -55,8 +55,7 @@ def read_how2qa(path: str | Path) -> list[QARecord]:
     path = Path(path)
     split = split_from_name(path)
     out: list[QARecord] = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
+    with csv_rows(path) as reader:
         index = 0
         for row in reader:
             where = f"line {reader.line_num}"

@@ -10,11 +10,10 @@ reproduces SeViLA's files exactly:
 """
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
-from sevila.data.annotations import AnnotationError, check_video_id, parse_answer, split_from_name
+from sevila.data.annotations import AnnotationError, check_video_id, csv_rows, parse_answer, split_from_name
 from sevila.data.records import QARecord
 
 DATASET = "nextqa"
@@ -45,8 +44,7 @@ def read_nextqa(path: str | Path, video_map: str | Path | dict[str, str] | None 
     vmap = video_map if isinstance(video_map, dict) else load_video_map(video_map)
     split = split_from_name(path)
     out: list[QARecord] = []
-    with open(path, encoding="utf-8", newline="") as fh:
-        reader = csv.reader(fh)
+    with csv_rows(path) as reader:
         header = next(reader, None)
         if header is None:
             raise AnnotationError(path, None, "empty file (expected a header row)")

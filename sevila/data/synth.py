@@ -39,6 +39,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from sevila.errors import BadArgument
 from sevila.io import atomic_path, atomic_write_json, atomic_write_text
 
 GENERATOR_VERSION = 1
@@ -557,11 +558,11 @@ def generate_world(
     from sevila.data.video import frame_labels, sample_indices
 
     if n_videos < 1:
-        raise ValueError(f"n_videos must be >= 1, got {n_videos}")
+        raise BadArgument(f"n_videos must be >= 1, got {n_videos}")
     if size < 16 or size % 2:
-        raise ValueError(f"size must be an even number >= 16 (yuv420p), got {size}")
+        raise BadArgument(f"size must be an even number >= 16 (yuv420p), got {size}")
     if fps < 2:
-        raise ValueError(f"fps must be >= 2, got {fps}")
+        raise BadArgument(f"fps must be >= 2, got {fps}")
     t0 = time.perf_counter()
     out = Path(out_dir)
     codec = codec or available_codec()
@@ -647,10 +648,10 @@ def register(subparsers) -> None:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--size", type=int, default=64, help="frame side in pixels (even)")
     p.add_argument("--workers", type=int, default=1, help="processes rendering/encoding videos")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli_synth)
 
 
-def _cli(args: argparse.Namespace) -> int:
+def _cli_synth(args: argparse.Namespace) -> int:
     s = generate_world(args.out, args.videos, args.seed, fps=args.fps, size=args.size, workers=args.workers)
     print(json.dumps({"out_dir": s.out_dir, "seconds": s.seconds, **s.to_dict()}))
     return 0

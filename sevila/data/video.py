@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sevila.errors import UserError
 from sevila.io import atomic_write_json
 
 # CLIP normalisation constants used by BLIP-2 / SeViLA (LAVIS BlipImageBaseProcessor defaults).
@@ -62,7 +63,7 @@ class BadVideoPolicy(enum.Enum):
 # --------------------------------------------------------------------------------------------- errors
 
 
-class VideoError(Exception):
+class VideoError(UserError):
     """A video that cannot be used. `video` is the id or path as given; `reason` says what is wrong."""
 
     kind = "video_error"  # stable category used to count skips

@@ -35,10 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-p", "--params", default="params.yaml", help="settings file (default: params.yaml)")
     p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. -o world.videos=20 (repeatable)")
-    p.set_defaults(func=_cli)
+    p.set_defaults(func=_cli_stage)
 
 
-def _cli(args: argparse.Namespace) -> int:
+def _cli_stage(args: argparse.Namespace) -> int:
     metrics = run_stage(args.name, args.params, tuple(args.override))
     print(json.dumps(metrics, indent=2, default=str))
     return 0 if metrics.get("success", True) else 1

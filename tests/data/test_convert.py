@@ -147,7 +147,7 @@ def test_cli_reports_bad_rows(realdata, tmp_path, capsys):
     lines = (realdata / "how2qa/how2QA_val_release.csv").read_text().splitlines(keepends=True)
     bad = tmp_path / "how2qa_val.csv"
     bad.write_text("".join(lines[:5] + ["x,[1:2],a,b,question\n"] + lines[5:]))
-    assert main(["convert", "how2qa", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert main(["convert", "how2qa", str(bad), "--out", str(tmp_path / "o.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "how2qa_val.csv, line 6: expected 7 columns" in err and "got 5" in err
     assert not (tmp_path / "o.jsonl").exists()
@@ -155,14 +155,14 @@ def test_cli_reports_bad_rows(realdata, tmp_path, capsys):
     data = json.loads((realdata / "star/STAR_val.json").read_text())
     data[0]["answer"] = "The lamp."
     (tmp_path / "STAR_val.json").write_text(json.dumps(data))
-    assert main(["convert", "star", str(tmp_path / "STAR_val.json"), "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert main(["convert", "star", str(tmp_path / "STAR_val.json"), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "'Interaction_T1_13': answer 'The lamp.' is not among its choices" in capsys.readouterr().err
 
     shutil.copy(realdata / "nextqa/val.csv", tmp_path / "val.csv")
     vmap = json.loads((realdata / "nextqa/map_vid_vidorID.json").read_text())
     vmap["8132842161"] = "1201/../../8132842161"
     (tmp_path / "m.json").write_text(json.dumps(vmap))
-    assert main(["convert", "nextqa", str(tmp_path / "val.csv"), "--video-map", str(tmp_path / "m.json"), "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert main(["convert", "nextqa", str(tmp_path / "val.csv"), "--video-map", str(tmp_path / "m.json"), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "line 5: record 'CW_8132842161_2': video id '1201/../../8132842161' contains a '..' path part" in capsys.readouterr().err
 
 
@@ -170,10 +170,66 @@ def test_cli_rejects_unknown_dataset_and_misplaced_map(realdata, tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["convert", "msrvtt", "x.csv", "--out", str(tmp_path / "o.jsonl")])
     rc = main(["convert", "vlep", str(realdata / "vlep/vlep_dev_release.jsonl"), "--video-map", "m.json", "--out", str(tmp_path / "o.jsonl")])
-    assert rc == 1 and "video map applies only" in capsys.readouterr().err
+    assert rc == 2 and "video map applies only" in capsys.readouterr().err
 
 
 def test_writer_refuses_mismatched_records(realdata):
     recs = read_annotations("tvqa", realdata / "tvqa/tvqa_plus_val.json")
     with pytest.raises(ValueError, match="is from 'tvqa', not 'star'"):
         dumps_sevila_json(recs, "star")
+
+
+def _snapshot(path):
+    return path.read_bytes(), path.stat().st_ino
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "hardlink"])
+def test_out_that_is_the_input_is_refused_and_the_input_kept(realdata, tmp_path, capsys, spelling):
+    src = tmp_path / "data" / "tvqa_val.jsonl"
+    src.parent.mkdir()
+    shutil.copy(realdata / "tvqa/tvqa_test_public.jsonl", src)
+    before = _snapshot(src)
+    out = {"same": src, "dotdot": tmp_path / "data" / ".." / "data" / "tvqa_val.jsonl",
+           "symlink": tmp_path / "link.jsonl", "hardlink": tmp_path / "hard.jsonl"}[spelling]
+    if spelling == "symlink":
+        out.symlink_to(src)
+    elif spelling == "hardlink":
+        out.hardlink_to(src)
+    assert main(["convert", "tvqa", str(src), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sevila convert: error: --out ") and len(err.splitlines()) == 1
+    assert str(out) in err and f"is the input file {src}" in err  # both named
+    assert _snapshot(src) == before  # the official file is untouched (same bytes, same inode)
+    assert sorted(p.name for p in src.parent.iterdir()) == ["tvqa_val.jsonl"]  # no temp file either
+
+
+def test_out_that_is_the_video_map_is_refused(realdata, tmp_path, capsys):
+    vmap = tmp_path / "map.json"
+    shutil.copy(realdata / "nextqa/map_vid_vidorID.json", vmap)
+    before = vmap.read_bytes()
+    assert main(["convert", "nextqa", str(realdata / "nextqa/val.csv"), "--video-map", str(vmap),
+                 "--out", str(vmap)]) == 2
+    assert f"is the input file {vmap}" in capsys.readouterr().err and vmap.read_bytes() == before
+
+
+@pytest.mark.parametrize("fmt, name", [("canonical", "tvqa_test_public.jsonl"),
+                                       ("sevila-json", "tvqa_test_public.json")])
+def test_out_directory_receives_input_stem(realdata, tmp_path, capsys, fmt, name):
+    out = tmp_path / "converted"
+    out.mkdir()
+    src = realdata / "tvqa/tvqa_test_public.jsonl"
+    assert main(["convert", "tvqa", str(src), "--out", str(out), "--format", fmt]) == 0
+    assert [p.name for p in out.iterdir()] == [name]
+    assert f"-> {out / name} ({fmt})" in capsys.readouterr().out
+    fresh = tmp_path / f"direct-{name}"
+    convert("tvqa", src, fresh, target=fmt)
+    assert (out / name).read_bytes() == fresh.read_bytes()
+
+
+def test_out_directory_that_holds_the_input_is_refused(realdata, tmp_path, capsys):
+    src = tmp_path / "tvqa_val.jsonl"
+    shutil.copy(realdata / "tvqa/tvqa_test_public.jsonl", src)
+    before = src.read_bytes()
+    # canonical output of a .jsonl input into its own folder would be the input itself
+    assert main(["convert", "tvqa", str(src), "--out", str(tmp_path)]) == 2
+    assert "is the input file" in capsys.readouterr().err and src.read_bytes() == before

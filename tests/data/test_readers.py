@@ -354,3 +354,42 @@ def test_split_from_name():
 def test_video_map_only_for_nextqa(realdata):
     with pytest.raises(ValueError, match="video map applies only"):
         read_annotations("star", realdata / "star/STAR_val.json", video_map=realdata / "nextqa/map_vid_vidorID.json")
+
+
+# ------------------------------------------------------------------------------------------- long CSV fields
+
+LONG = "why " * 50_000  # 200,000 characters: over csv's default field_size_limit of 131,072
+
+
+def test_nextqa_reads_a_200000_character_question(realdata, tmp_path):
+    """A generated row (the real header and map) whose question holds 200,000 characters, quoted with a comma."""
+    def long_row(lines):
+        return lines[:2] + [f'4010069381,369,640,480,"{LONG}, then?",0,9,CH,a,b,c,d,e\n']
+
+    path = _planted_nextqa(realdata, tmp_path, long_row)
+    limit = csv.field_size_limit()
+    first, rec = read_annotations("nextqa", path)
+    assert rec.question == LONG + ", then?" + "?" and len(rec.question) == 200_008
+    assert rec.qid == "CH_4010069381_9" and rec.options == ("a.", "b.", "c.", "d.", "e.") and rec.answer == 0
+    assert csv.field_size_limit() == limit  # the process-wide limit is restored
+
+
+def test_how2qa_reads_a_200000_character_question(realdata, tmp_path):
+    lines = (realdata / "how2qa/how2QA_val_release.csv").read_text().splitlines(keepends=True)
+    path = tmp_path / "how2QA_val_release.csv"
+    path.write_text(lines[0] + f'NOuQuofjk44,[7.2:18.0],10,12,16,"{LONG}",1\n')
+    limit = csv.field_size_limit()
+    first, rec = read_annotations("how2qa", path)
+    assert rec.question == LONG and rec.options[rec.answer] == "1" and (rec.start, rec.end) == (7.2, 18.0)
+    assert csv.field_size_limit() == limit
+
+
+@pytest.mark.parametrize("dataset, name, reader_line", [
+    ("how2qa", "how2QA_val_release.csv", "NOuQuofjk44,[7.2:18.0],10,12,16,caf\xe9?,1\n"),
+    ("tvqa", "tvqa_val.jsonl", '{"q": "caf\xe9"}\n'),
+])
+def test_non_utf8_annotation_file_is_named(tmp_path, dataset, name, reader_line):
+    path = tmp_path / name
+    path.write_bytes(reader_line.encode("latin-1"))
+    with pytest.raises(AnnotationError, match=rf"{name}: not UTF-8 text \(byte 0xe9"):
+        read_annotations(dataset, path)

@@ -37,7 +37,7 @@ def test_answer_prints_answer_scores_keyframes_and_writes_pictures(world, weight
     video, q = world
     out = tmp_path / "out"
     argv = ["answer", str(video), "--question", q["question"], *sum((["--option", o] for o in q["options"]), []),
-            "--weights", str(weights), "--frames", "8", "--keyframes", "3", "--out", str(out),
+            "--weights", str(weights), "--n-frames", "8", "--n-keyframes", "3", "--out", str(out),
             "--cache", str(tmp_path / "cache"), "--device", "cpu"]
     assert cli_main(argv) == 0
     captured = capsys.readouterr()
@@ -64,7 +64,7 @@ def test_answer_prints_answer_scores_keyframes_and_writes_pictures(world, weight
 def test_localize_json_has_one_score_per_frame(world, weights, capsys):
     video, _ = world
     assert cli_main(["localize", str(video), "--query", "a big red circle", "--weights", str(weights),
-                     "--frames", "10", "--json", "--device", "cpu"]) == 0
+                     "--n-frames", "10", "--json", "--device", "cpu"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n_frames"] == 10 and len(res["frames"]) == 10
     ts = [f["timestamp"] for f in res["frames"]]
@@ -74,10 +74,10 @@ def test_localize_json_has_one_score_per_frame(world, weights, capsys):
 def test_bad_inputs_are_reported(world, weights, tmp_path, capsys):
     video, q = world
     opts = sum((["--option", o] for o in q["options"]), [])
-    assert cli_main(["answer", str(tmp_path / "nope.mp4"), "--question", "q", *opts, "--weights", str(weights)]) == 1
+    assert cli_main(["answer", str(tmp_path / "nope.mp4"), "--question", "q", *opts, "--weights", str(weights)]) == 2
     assert "nope.mp4" in capsys.readouterr().err
     six = opts + ["--option", "one more"]
     assert cli_main(["answer", str(video), "--question", "q", *six, "--weights", str(weights)]) == 2
-    assert "1 to 5 --option" in capsys.readouterr().err
-    assert cli_main(["localize", str(video), "--query", "x", "--weights", str(tmp_path)]) == 1
+    assert "give 1 to 5 options, got 6" in capsys.readouterr().err
+    assert cli_main(["localize", str(video), "--query", "x", "--weights", str(tmp_path)]) == 2
     assert "neither a SeViLA checkpoint" in capsys.readouterr().err
