@@ -19,8 +19,9 @@ server is needed; telemetry is switched off and MLflow's INFO chatter is silence
 
 Experiments and runs: `start_run(dataset, phase, run_name, tags, config)` creates a run in the experiment
 `sevila/<dataset>/<phase>` named after the ablation variant (or stage id), with the `RunTags` pivot tags, the
-git commit (`git_sha`, `git_dirty`), the resolved config as flattened dotted params (within MLflow's length
-limits) and as a `config.yaml` artifact. It yields an `MlflowRunLogger` (the training loop's `RunLogger`
+git commit (`git_sha`, `git_dirty`), the run's OWN settings as flattened dotted params (within MLflow's length
+limits; sevila/run_settings.py picks them per stage), the whole resolved config as a `params.yaml` artifact, and
+the files it reads as MLflow datasets (`InputFile`: digest, rows, path, context train/eval). It yields an `MlflowRunLogger` (the training loop's `RunLogger`
 protocol of sevila/runlog.py, plus `log_dict`/`log_figure`/`log_text`) and ends the run FINISHED, FAILED on an
 exception, or KILLED on Ctrl-C or SIGTERM. Each run names its owner process (tag `sevila.owner`); a run whose
 process was SIGKILLed is marked KILLED by the next run opened on the store, or by `sevila report`
@@ -55,34 +56,33 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from mlflow import MlflowClient
 
-from sevila.tracking_params import (  # noqa: F401  (re-exported: the public names of sevila.tracking)
+# The names below are re-exported: `sevila.tracking` stays the one import for everything MLflow.
+from sevila import tracking_owner
+from sevila.tracking_inputs import InputContext, InputFile, file_digest  # noqa: F401
+from sevila.tracking_owner import END_REASON_TAG, OWNER_TAG  # noqa: F401
+from sevila.tracking_params import (  # noqa: F401
     MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH,
     MAX_TAG_VAL_LENGTH, TRUNCATION_MARK, _plain, flatten_params, safe_key,
 )
-from sevila import tracking_owner
-from sevila.tracking_owner import END_REASON_TAG, OWNER_TAG  # noqa: F401
 from sevila.tracking_store import (  # noqa: F401
-    ARTIFACT_DIR_NAME, DEFAULT_DB_NAME, TRACKING_URI_ENV, _artifact_location, client, configure, git_state,
-    metric_history, normalize_uri, project_root, sqlite_path, store_lock_path, tracking_uri,
+    ARTIFACT_DIR_NAME, DEFAULT_DB_NAME, TRACKING_URI_ENV, TrackingError, _experiment_id, _git_tags, client,
+    configure, git_state, metric_history, normalize_uri, project_root, sqlite_path, store_lock_path, tracking_uri,
 )
 
 PARENT_RUN_ENV = "SEVILA_PARENT_RUN_ID"
 EXPERIMENT_PREFIX = "sevila"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+CONFIG_ARTIFACT = "params.yaml"  # every run's whole resolved config
 
 # Names MLflow accepts for params and metrics (slashes, alphanumerics, _ - . space colon).
 _VALID_KEY = re.compile(r"^[/\w.\- :]*$")
 _VALID_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class TrackingError(RuntimeError):
-    """The tracking store or a run cannot be used as asked; the message names the store and the run."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -94,6 +94,7 @@ class Phase(str, enum.Enum):
 
     PREPARE = "prepare"
     VALIDATE = "validate"
+    BOOTSTRAP = "bootstrap"  # the synthetic world's tiny backbone (what BLIP-2 brings pre-trained)
     FEATURES = "features"
     PRETRAIN = "pretrain"  # Localizer pre-training on QVHighlights moments
     PSEUDO_LABEL = "pseudo_label"  # reverse chain: the Answerer labels frames
@@ -267,32 +268,6 @@ def _phase(phase: Phase | str) -> Phase:
 # Experiments and git state
 
 
-def _experiment_id(c: MlflowClient, name: str) -> str:
-    """Get or create the experiment; two processes creating it at once is fine (the loser reads it back)."""
-    from mlflow.exceptions import MlflowException
-
-    exp = c.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return c.create_experiment(name, artifact_location=_artifact_location(c.tracking_uri, name))
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            exp = c.get_experiment_by_name(name)
-    if exp.lifecycle_stage != "active":
-        raise TrackingError(
-            f"experiment {name!r} is deleted in {c.tracking_uri}; restore it (`mlflow experiments restore "
-            f"--experiment-id {exp.experiment_id}`) or delete it for good (`mlflow gc`) before logging to it")
-    return exp.experiment_id
-
-
-def _git_tags() -> dict[str, str]:
-    sha, dirty = git_state()
-    if sha is None:
-        return {}
-    return {"git_sha": sha, "git_dirty": "true" if dirty else "false", "mlflow.source.git.commit": sha}
-
-
 def _parent_from_env(c: MlflowClient, explicit: str | None) -> str | None:
     parent = explicit or os.environ.get(PARENT_RUN_ENV, "").strip() or None
     if parent is None:
@@ -393,9 +368,18 @@ class MlflowRunLogger:
         self._client.log_figure(self.run_id, figure, artifact_file)
 
     def log_config(self, config: Any) -> None:
-        """The resolved config: flattened dotted params (searchable) and `config.yaml` (the exact tree)."""
-        self.log_params(config)
-        self.log_dict(config, "config.yaml")
+        """The whole resolved config (params.yaml with overrides applied) as the `params.yaml` artifact; not as
+        params, which hold only the run's own settings."""
+        self.log_dict(config, CONFIG_ARTIFACT)
+
+    def log_inputs(self, inputs: Sequence[InputFile]) -> None:
+        """Files the run reads, as MLflow datasets (the UI's Datasets column: name, digest, context)."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        if inputs:
+            self._client.log_inputs(self.run_id, datasets=[
+                DatasetInput(i.entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, i.context.value)]) for i in inputs])
 
     def set_tags(self, tags: Mapping[str, Any] | RunTags) -> None:
         from mlflow.entities import RunTag
@@ -411,7 +395,7 @@ def _join(a: str | None, b: str) -> str:
 
 
 @contextlib.contextmanager
-def _run(dataset: str, phase: Phase | str, run_name: str, tags: dict[str, str], config: Any,
+def _run(dataset: str, phase: Phase | str, run_name: str, tags: dict[str, str],
          parent_run_id: str | None, uri: str | None, description: str | None) -> Iterator[MlflowRunLogger]:
     c = client(uri)
     exp_id = _experiment_id(c, experiment_name(dataset, phase))
@@ -428,8 +412,6 @@ def _run(dataset: str, phase: Phase | str, run_name: str, tags: dict[str, str], 
     status = "FAILED"
     with tracking_owner.terminate_as_exit() as termination:
         try:
-            if config is not None:
-                logger.log_config(config)
             yield logger
             status = "FINISHED"
         except BaseException as e:
@@ -451,16 +433,22 @@ def reap_stale_runs(uri: str | None = None) -> list[str]:
 
 
 @contextlib.contextmanager
-def start_run(dataset: str, phase: Phase | str, run_name: str | None, tags: RunTags, config: Any = None, *,
-              parent_run_id: str | None = None, uri: str | None = None,
-              description: str | None = None) -> Iterator[MlflowRunLogger]:
+def start_run(dataset: str, phase: Phase | str, run_name: str | None, tags: RunTags, params: Any = None, *,
+              config: Any = None, inputs: Sequence[InputFile] = (), parent_run_id: str | None = None,
+              uri: str | None = None, description: str | None = None) -> Iterator[MlflowRunLogger]:
     """A run in `sevila/<dataset>/<phase>` named `run_name` (default: the variant), tagged with `tags`, the
-    dataset/phase and the git state, nested under `parent_run_id` or $SEVILA_PARENT_RUN_ID when set; `config`
-    (a mapping or config dataclass) is logged as params and `config.yaml`. Ends FINISHED / FAILED / KILLED."""
+    dataset/phase and the git state, nested under `parent_run_id` or $SEVILA_PARENT_RUN_ID when set. `params`
+    (a mapping or config dataclass: the run's own settings) become flattened params; `config` (the whole
+    resolved config) the `params.yaml` artifact; `inputs` the run's datasets. Ends FINISHED / FAILED / KILLED."""
     if not isinstance(tags, RunTags):
         raise TypeError(f"start_run: tags must be a RunTags, got {type(tags).__name__}")
-    with _run(dataset, phase, run_name or tags.variant, tags.to_tags(), config, parent_run_id, uri,
+    with _run(dataset, phase, run_name or tags.variant, tags.to_tags(), parent_run_id, uri,
               description) as logger:
+        if params is not None:
+            logger.log_params(params)
+        if config is not None:
+            logger.log_config(config)
+        logger.log_inputs(inputs)
         yield logger
 
 
@@ -471,7 +459,7 @@ def parent_run(name: str, dataset: str, phase: Phase | str = Phase.PIPELINE, tag
     $SEVILA_PARENT_RUN_ID (its id) and $MLFLOW_TRACKING_URI (its store) for the block and restores them after.
     Parent runs nest too (a flow run inside a scheduled deployment run)."""
     extra = {"kind": "parent", **{str(k): _tag_value(v) for k, v in (tags or {}).items()}}
-    with _run(dataset, phase, name, extra, None, None, uri, None) as logger:
+    with _run(dataset, phase, name, extra, None, uri, None) as logger:
         saved = {k: os.environ.get(k) for k in (PARENT_RUN_ENV, TRACKING_URI_ENV)}
         os.environ[PARENT_RUN_ENV] = logger.run_id
         os.environ[TRACKING_URI_ENV] = logger.uri

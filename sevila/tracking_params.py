@@ -17,7 +17,7 @@ MAX_TAG_VAL_LENGTH = 8000
 MAX_ENTITY_KEY_LENGTH = 250
 MAX_PARAMS_TAGS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
-TRUNCATION_MARK = "...[truncated; full value in config.yaml]"
+TRUNCATION_MARK = "...[truncated; full value in params.yaml]"
 
 
 def _plain(obj: Any) -> Any:
@@ -59,7 +59,7 @@ def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
 
     Lists stay one JSON value (a list is one setting), scalars are JSON-encoded (`true`, `null`, `0.5`) except
     strings, which stay as they are, and an empty section is `{}`; a value longer than MLflow's 6000 characters
-    is truncated with a mark (the untruncated config is the run's `config.yaml` artifact)."""
+    is truncated with a mark (the untruncated config is the run's `params.yaml` artifact)."""
     data = _plain(config)
     if not isinstance(data, dict):
         raise ValueError(f"flatten_params: expected a mapping or dataclass at the top, got {type(config).__name__}")

@@ -27,6 +27,10 @@ ARTIFACT_DIR_NAME = "mlruns"  # next to the SQLite file (already git-ignored in 
 LOCK_SUFFIX = ".lock"  # the schema-creation lock file: <db>.lock
 INIT_ATTEMPTS = 5  # tries to open a new store that an unlocked process may be creating at the same time
 
+
+class TrackingError(RuntimeError):
+    """The tracking store or a run cannot be used as asked; the message names the store and the run."""
+
 # Store
 
 
@@ -173,3 +177,28 @@ def git_state(cwd: str | Path | None = None) -> tuple[str | None, bool | None]:
         return None, None
     return (sha or None), bool(status.strip())
 
+
+def _experiment_id(c: MlflowClient, name: str) -> str:
+    """Get or create the experiment; two processes creating it at once is fine (the loser reads it back)."""
+    from mlflow.exceptions import MlflowException
+
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return c.create_experiment(name, artifact_location=_artifact_location(c.tracking_uri, name))
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = c.get_experiment_by_name(name)
+    if exp.lifecycle_stage != "active":
+        raise TrackingError(
+            f"experiment {name!r} is deleted in {c.tracking_uri}; restore it (`mlflow experiments restore "
+            f"--experiment-id {exp.experiment_id}`) or delete it for good (`mlflow gc`) before logging to it")
+    return exp.experiment_id
+
+
+def _git_tags() -> dict[str, str]:
+    sha, dirty = git_state()
+    if sha is None:
+        return {}
+    return {"git_sha": sha, "git_dirty": "true" if dirty else "false", "mlflow.source.git.commit": sha}

@@ -49,7 +49,8 @@ FULL_TAGS = RunTags(variant="f32k4_qvh_sr", study=Study.COMPONENTS, selector="lo
 def test_run_lands_in_named_experiment_with_tags_params_config_and_metrics(store, tmp_path):
     config = {"model": {"n_frames": 32, "lr": 1e-4, "freeze_vit": True, "name": None},
               "data": {"splits": ["train", "val"], "notes": "x" * 7000}}
-    with tr.start_run("synth", Phase.EVALUATE, None, FULL_TAGS, config) as run:
+    whole = {"paths": {"data": "data"}, **config}
+    with tr.start_run("synth", Phase.EVALUATE, None, FULL_TAGS, config, config=whole) as run:
         run.log_metrics({"accuracy": 61.5, "keyframe_in_span": 70.25})
     c = tr.client(store)
     got = c.get_run(run.run_id)
@@ -75,12 +76,12 @@ def test_run_lands_in_named_experiment_with_tags_params_config_and_metrics(store
     assert len(params["data.notes"]) == tr.MAX_PARAM_VAL_LENGTH
     assert params["data.notes"].endswith(tr.TRUNCATION_MARK)
     assert got.data.metrics == {"accuracy": 61.5, "keyframe_in_span": 70.25}
-    # the untruncated config is an artifact
-    local = c.download_artifacts(run.run_id, "config.yaml", str(tmp_path))
-    assert yaml.safe_load(Path(local).read_text()) == config
+    # the whole resolved config is an artifact (params hold only the run's own settings: no `paths.*`)
+    local = c.download_artifacts(run.run_id, "params.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(local).read_text()) == whole
     # artifacts sit next to the database, not in the working directory
     art = Path(store[len("sqlite:///"):]).parent / "mlruns" / "sevila" / "synth" / "evaluate" / run.run_id
-    assert (art / "artifacts" / "config.yaml").is_file()
+    assert (art / "artifacts" / "params.yaml").is_file()
 
 
 def test_training_metrics_keep_their_per_step_history(store):
