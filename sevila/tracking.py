@@ -535,8 +535,8 @@ def _sevila_experiments(c: MlflowClient, dataset: str | None = None,
 def runs_frame(dataset: str | None = None, phase: Phase | str | None = None, *, uri: str | None = None,
                statuses: Iterable[str] | None = None) -> pd.DataFrame:
     """One row per (non-deleted) run of the `sevila/<dataset>/<phase>` experiments, optionally only one
-    dataset / phase / set of statuses. Columns: BASE_COLUMNS (typed pivot tags: Int64 counts, boolean flags,
-    UTC start/end times), then `metrics.<name>` (last value), `params.<name>`, `tags.<name>` (all tags)."""
+    dataset / phase / set of statuses. Columns: BASE_COLUMNS (typed pivot tags, read from the run's tags, else
+    from its params of the same name: Int64 counts, boolean flags; UTC start/end times), then `metrics.<name>` (last value), `params.<name>`, `tags.<name>` (all tags)."""
     c = client(uri)
     experiments = _sevila_experiments(c, dataset, phase)
     wanted_status = {s.upper() for s in statuses} if statuses is not None else None
@@ -556,8 +556,8 @@ def runs_frame(dataset: str | None = None, phase: Phase | str | None = None, *, 
                     "phase": ph, "status": info.status, "start_time": info.start_time, "end_time": info.end_time,
                     "parent_run_id": t.get(PARENT_TAG),
                 }
-                for tag in PIVOT_TAGS:
-                    v = t.get(tag)
+                for tag in PIVOT_TAGS:  # a run without the tag (logged by hand, say) pivots on its param
+                    v = t.get(tag, data.params.get(tag))
                     row[tag] = _parse_int(v) if tag in INT_TAGS else _parse_bool(v) if tag in BOOL_TAGS else v
                 if row["variant"] is None:
                     row["variant"] = info.run_name
