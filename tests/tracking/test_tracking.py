@@ -54,7 +54,9 @@ def test_run_lands_in_named_experiment_with_tags_params_config_and_metrics(store
         run.log_metrics({"accuracy": 61.5, "keyframe_in_span": 70.25})
     c = tr.client(store)
     got = c.get_run(run.run_id)
-    assert c.get_experiment(got.info.experiment_id).name == "sevila/synth/evaluate"
+    exp = c.get_experiment(got.info.experiment_id)
+    assert exp.name == "sevila/synth/evaluate"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow 3 UI: "Model training"
     assert got.info.run_name == "f32k4_qvh_sr"
     assert got.info.status == "FINISHED"
     tags = got.data.tags
