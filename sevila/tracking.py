@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
 # The names below are re-exported: `sevila.tracking` stays the one import for everything MLflow.
-from sevila import tracking_owner
+from sevila import tracking_owner, tracking_views
 from sevila.tracking_inputs import InputContext, InputFile, file_digest  # noqa: F401
 from sevila.tracking_owner import END_REASON_TAG, OWNER_TAG  # noqa: F401
 from sevila.tracking_params import (  # noqa: F401
@@ -398,7 +398,8 @@ def _join(a: str | None, b: str) -> str:
 def _run(dataset: str, phase: Phase | str, run_name: str, tags: dict[str, str],
          parent_run_id: str | None, uri: str | None, description: str | None) -> Iterator[MlflowRunLogger]:
     c = client(uri)
-    exp_id = _experiment_id(c, experiment_name(dataset, phase))
+    exp_id = _experiment_id(c, experiment_name(dataset, phase),
+                            tracking_views.experiment_tags(_phase(phase).value, _now_ms()))
     _reap(c)
     all_tags = {"dataset": dataset, "phase": _phase(phase).value, **_git_tags(), **tags,
                 OWNER_TAG: tracking_owner.this_process().tag()}

@@ -25,9 +25,6 @@ TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 DEFAULT_DB_NAME = "mlflow.db"
 ARTIFACT_DIR_NAME = "mlruns"  # next to the SQLite file (already git-ignored in this repo)
 LOCK_SUFFIX = ".lock"  # the schema-creation lock file: <db>.lock
-# MLflow 3's experiment kind (the UI's "GenAI" / "Model training" switch): ours are model development.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 INIT_ATTEMPTS = 5  # tries to open a new store that an unlocked process may be creating at the same time
 
 
@@ -181,17 +178,16 @@ def git_state(cwd: str | Path | None = None) -> tuple[str | None, bool | None]:
     return (sha or None), bool(status.strip())
 
 
-def _experiment_id(c: MlflowClient, name: str) -> str:
-    """Get or create the experiment; two processes creating it at once is fine (the loser reads it back). Each
-    experiment is marked as model development (EXPERIMENT_KIND_TAG), so MLflow 3's UI opens it in its
-    "Model training" view (runs table, metric charts) instead of asking, or guessing GenAI (traces)."""
+def _experiment_id(c: MlflowClient, name: str, tags: dict[str, str]) -> str:
+    """Get or create the experiment; two processes creating it at once is fine (the loser reads it back). Of
+    `tags` (sevila/tracking_views.py: the UI's experiment kind and saved views) those it lacks are set."""
     from mlflow.exceptions import MlflowException
 
     exp = c.get_experiment_by_name(name)
     if exp is None:
         try:
             return c.create_experiment(name, artifact_location=_artifact_location(c.tracking_uri, name),
-                                       tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                                       tags=tags)
         except MlflowException as e:
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
@@ -200,8 +196,9 @@ def _experiment_id(c: MlflowClient, name: str) -> str:
         raise TrackingError(
             f"experiment {name!r} is deleted in {c.tracking_uri}; restore it (`mlflow experiments restore "
             f"--experiment-id {exp.experiment_id}`) or delete it for good (`mlflow gc`) before logging to it")
-    if EXPERIMENT_KIND_TAG not in exp.tags:  # made before sevila set the kind
-        c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    for key, value in tags.items():  # an experiment made before sevila set these; never overwrite an edit
+        if key not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import os
 import shutil
 import subprocess
@@ -57,6 +58,17 @@ def test_run_lands_in_named_experiment_with_tags_params_config_and_metrics(store
     exp = c.get_experiment(got.info.experiment_id)
     assert exp.name == "sevila/synth/evaluate"
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow 3 UI: "Model training"
+    # the evaluate experiment carries the UI's saved view "Ablation table" (format of MLflow 3.17's UI)
+    view = json.loads(exp.tags["mlflow.sharedViewState.sevila-ablation-table"])
+    assert view["name"] == "Ablation table" and view["createdAt"] == view["updatedAt"] > 0
+    state = json.loads(view["state"])
+    assert state["selectedColumns"] == [
+        "metrics.`accuracy`", "metrics.`keyframe_in_span`", "params.`study`", "params.`n_frames`",
+        "params.`n_keyframes`", "params.`localizer`", "params.`selector`", "params.`fusion`", "params.`answerer`",
+        "params.`round`"]
+    assert state["groupBy"] == {"aggregateFunction": "average",
+                                "groupByKeys": [{"mode": "param", "groupByData": "study"}]}
+    assert state["orderByKey"] == "metrics.`accuracy`" and state["orderByAsc"] is False
     assert got.info.run_name == "f32k4_qvh_sr"
     assert got.info.status == "FINISHED"
     tags = got.data.tags
@@ -380,3 +392,21 @@ def test_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_experiment_ui_tags_are_added_once_and_never_overwrite_an_edit(store):
+    c = tr.client(store)
+    exp_id = c.create_experiment("sevila/synth/evaluate")  # made before sevila tagged its experiments
+    key = "mlflow.sharedViewState.sevila-ablation-table"
+    with tr.start_run("synth", Phase.EVALUATE, None, RunTags(variant="v")):
+        pass
+    tags = c.get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and key in tags
+    c.set_experiment_tag(exp_id, key, "edited by a person")
+    with tr.start_run("synth", Phase.EVALUATE, None, RunTags(variant="v")):
+        pass
+    assert c.get_experiment(exp_id).tags[key] == "edited by a person"
+    with tr.start_run("synth", Phase.REFINE, None, RunTags(variant="r")) as run:
+        pass
+    refine = c.get_experiment(c.get_run(run.run_id).info.experiment_id).tags
+    assert refine["mlflow.experimentKind"] == "custom_model_development" and key not in refine
