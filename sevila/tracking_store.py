@@ -10,13 +10,14 @@ two processes opening one new store at once failed with an Alembic "expected to 
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -108,6 +109,23 @@ def store_lock_path(db: Path) -> Path:
     return db.with_name(db.name + LOCK_SUFFIX)
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` for the block; without one where the folder is read-only (a store shared
+    for reading: nothing is created there, so there is nothing to serialise)."""
+    try:
+        fh = open(path, "a+")
+    except OSError:
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _open_store(uri: str, db: Path) -> None:
     """Create (or migrate) the schema of SQLite store `db` under its file lock; once per process and store.
 
@@ -121,19 +139,15 @@ def _open_store(uri: str, db: Path) -> None:
         if uri in _ready:
             return
         db.parent.mkdir(parents=True, exist_ok=True)
-        with open(store_lock_path(db), "a+") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                for attempt in range(INIT_ATTEMPTS):
-                    try:
-                        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-                        break
-                    except Exception:  # noqa: BLE001  (SQLAlchemy, Alembic and MLflow each raise their own)
-                        if attempt == INIT_ATTEMPTS - 1:
-                            raise
-                        time.sleep(0.5 * (attempt + 1))
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+        with _file_lock(store_lock_path(db)):
+            for attempt in range(INIT_ATTEMPTS):
+                try:
+                    MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+                    break
+                except Exception:  # noqa: BLE001  (SQLAlchemy, Alembic and MLflow each raise their own)
+                    if attempt == INIT_ATTEMPTS - 1:
+                        raise
+                    time.sleep(0.5 * (attempt + 1))
         _ready.add(uri)
 
 

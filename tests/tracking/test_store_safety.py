@@ -132,3 +132,11 @@ def test_owner_tag_round_trip_and_a_reused_pid_is_not_alive():
     assert tr.tracking_owner.is_alive(me)
     assert not tr.tracking_owner.is_alive(tr.tracking_owner.Owner(me.host, me.pid, "1"))  # same pid, other start
     assert tr.tracking_owner.Owner.parse("garbage") is None
+
+
+def test_a_store_whose_lock_file_cannot_be_made_still_opens(tmp_path):
+    # (as on a read-only share; simulated with a folder in the lock file's place, since root ignores modes)
+    db = tmp_path / "ro" / "mlflow.db"
+    tr.store_lock_path(db).mkdir(parents=True)
+    c = tr.client(f"sqlite:///{db}")
+    assert [e.name for e in c.search_experiments()] == ["Default"]
