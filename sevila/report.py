@@ -457,10 +457,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cli_report(args: argparse.Namespace) -> int:
-    from sevila.tracking import finished_runs, normalize_uri, tracking_uri
+    from sevila.tracking import finished_runs, normalize_uri, reap_stale_runs, tracking_uri
 
     # The store is resolved without pinning it (configure) so that calling this in-process changes nothing.
     uri = normalize_uri(args.uri) if args.uri else tracking_uri()
+    reap_stale_runs(uri)  # a run whose process was killed shows KILLED, not RUNNING, from now on
     runs = finished_runs(args.dataset, args.phase, uri=uri)
     metrics = tuple(dict.fromkeys([*DEFAULT_METRICS, *args.metric]))
     files = write_report(runs, args.out, phase=args.phase, source=uri, metrics=metrics)

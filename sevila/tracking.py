@@ -19,10 +19,14 @@ server is needed; telemetry is switched off and MLflow's INFO chatter is silence
 
 Experiments and runs: `start_run(dataset, phase, run_name, tags, config)` creates a run in the experiment
 `sevila/<dataset>/<phase>` named after the ablation variant (or stage id), with the `RunTags` pivot tags, the
-git commit (`git_sha`, `git_dirty`), the resolved config as flattened dotted params (within MLflow's length
-limits) and as a `config.yaml` artifact. It yields an `MlflowRunLogger` (the training loop's `RunLogger`
+git commit (`git_sha`, `git_dirty`), the run's OWN settings as flattened dotted params (within MLflow's length
+limits; sevila/run_settings.py picks them per stage), the whole resolved config as a `params.yaml` artifact, and
+the files it reads as MLflow datasets (`InputFile`: digest, rows, path, context train/eval). It yields an `MlflowRunLogger` (the training loop's `RunLogger`
 protocol of sevila/runlog.py, plus `log_dict`/`log_figure`/`log_text`) and ends the run FINISHED, FAILED on an
-exception, or KILLED on Ctrl-C.
+exception, or KILLED on Ctrl-C or SIGTERM. Each run names its owner process (tag `sevila.owner`); a run whose
+process was SIGKILLed is marked KILLED by the next run opened on the store, or by `sevila report`
+(`reap_stale_runs`, sevila/tracking_owner.py). The store's schema is created under a file lock, so processes
+opening a brand-new SQLite store at once all keep their runs (sevila/tracking_store.py).
 
 Parent runs (grouping a `dvc repro` or a Prefect flow run): `parent_run(name, dataset)` creates a run and, while
 its block runs, exports two environment variables:
@@ -47,43 +51,38 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import hashlib
-import json
-import math
 import os
 import re
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from mlflow import MlflowClient
 
-PARENT_RUN_ENV = "SEVILA_PARENT_RUN_ID"
-TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
-EXPERIMENT_PREFIX = "sevila"
-DEFAULT_DB_NAME = "mlflow.db"
-ARTIFACT_DIR_NAME = "mlruns"  # next to the SQLite file (already git-ignored in this repo)
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+# The names below are re-exported: `sevila.tracking` stays the one import for everything MLflow.
+from sevila import tracking_owner, tracking_views
+from sevila.tracking_inputs import InputContext, InputFile, file_digest  # noqa: F401
+from sevila.tracking_owner import END_REASON_TAG, OWNER_TAG  # noqa: F401
+from sevila.tracking_params import (  # noqa: F401
+    MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH, TRUNCATION_MARK, _plain, flatten_params, safe_key,
+)
+from sevila.tracking_store import (  # noqa: F401
+    ARTIFACT_DIR_NAME, DEFAULT_DB_NAME, TRACKING_URI_ENV, TrackingError, _experiment_id, _git_tags, client,
+    configure, git_state, metric_history, normalize_uri, project_root, sqlite_path, store_lock_path, tracking_uri,
+)
 
-# MLflow's limits (mlflow.utils.validation; a test pins these against the installed MLflow).
-MAX_PARAM_VAL_LENGTH = 6000
-MAX_TAG_VAL_LENGTH = 8000
-MAX_ENTITY_KEY_LENGTH = 250
-MAX_PARAMS_TAGS_PER_BATCH = 100
-MAX_METRICS_PER_BATCH = 1000
-TRUNCATION_MARK = "...[truncated; full value in config.yaml]"
+PARENT_RUN_ENV = "SEVILA_PARENT_RUN_ID"
+EXPERIMENT_PREFIX = "sevila"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own nesting tag
+CONFIG_ARTIFACT = "params.yaml"  # every run's whole resolved config
 
 # Names MLflow accepts for params and metrics (slashes, alphanumerics, _ - . space colon).
 _VALID_KEY = re.compile(r"^[/\w.\- :]*$")
 _VALID_DATASET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class TrackingError(RuntimeError):
-    """The tracking store or a run cannot be used as asked; the message names the store and the run."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -95,6 +94,7 @@ class Phase(str, enum.Enum):
 
     PREPARE = "prepare"
     VALIDATE = "validate"
+    BOOTSTRAP = "bootstrap"  # the synthetic world's tiny backbone (what BLIP-2 brings pre-trained)
     FEATURES = "features"
     PRETRAIN = "pretrain"  # Localizer pre-training on QVHighlights moments
     PSEUDO_LABEL = "pseudo_label"  # reverse chain: the Answerer labels frames
@@ -265,195 +265,7 @@ def _phase(phase: Phase | str) -> Phase:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Params: flattened, dotted, within MLflow's limits
-
-
-def _plain(obj: Any) -> Any:
-    """A config tree as plain YAML/JSON data: dataclasses -> dicts, enums -> values, tuples -> lists."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, enum.Enum):
-        return obj.value
-    if isinstance(obj, Mapping):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
-
-
-def _param_value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
-    if len(text) > MAX_PARAM_VAL_LENGTH:
-        text = text[: MAX_PARAM_VAL_LENGTH - len(TRUNCATION_MARK)] + TRUNCATION_MARK
-    return text
-
-
-def safe_key(key: str) -> str:
-    """A name MLflow accepts: characters it rejects become `_`; a name over 250 characters is cut and given a
-    hash suffix so two long names cannot collide."""
-    key = re.sub(r"[^/\w.\- :]", "_", str(key))
-    if len(key) > MAX_ENTITY_KEY_LENGTH:
-        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:8]
-        key = key[: MAX_ENTITY_KEY_LENGTH - 9] + "~" + digest
-    return key
-
-
-def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
-    """Dotted keys -> string values: `{"a": {"b": 1, "c": [1, 2]}}` -> `{"a.b": "1", "a.c": "[1, 2]"}`.
-
-    Lists stay one JSON value (a list is one setting), scalars are JSON-encoded (`true`, `null`, `0.5`) except
-    strings, which stay as they are, and an empty section is `{}`; a value longer than MLflow's 6000 characters
-    is truncated with a mark (the untruncated config is the run's `config.yaml` artifact)."""
-    data = _plain(config)
-    if not isinstance(data, dict):
-        raise ValueError(f"flatten_params: expected a mapping or dataclass at the top, got {type(config).__name__}")
-    out: dict[str, str] = {}
-
-    def walk(node: Any, path: str) -> None:
-        if isinstance(node, dict) and (node or not path):
-            for k, v in node.items():
-                walk(v, f"{path}.{k}" if path else str(k))
-        else:  # a leaf; an empty section is kept as "{}" so the setting still shows
-            out[safe_key(path)] = _param_value(node)
-
-    walk(data, prefix)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Store
-
-
-_configured_uri: str | None = None
-
-
-def project_root(start: str | Path | None = None) -> Path:
-    """The nearest directory at or above `start` (default: the working directory) holding dvc.yaml or
-    params.yaml: where `dvc repro` runs, so every stage finds the same default store."""
-    here = Path(start or os.getcwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "dvc.yaml").is_file() or (d / "params.yaml").is_file():
-            return d
-    return here
-
-
-def normalize_uri(uri: str | Path) -> str:
-    """A tracking URI from a URI or a path: `x.db` / `x.sqlite` -> `sqlite:///<abs>/x.db`; another path ->
-    `<abs>/mlflow.db`; a relative `sqlite:///` path is made absolute (children may run elsewhere)."""
-    text = str(uri).strip()
-    if not text:
-        raise ValueError("tracking URI is empty")
-    if "://" not in text and not text.startswith("file:"):
-        p = Path(text).expanduser()
-        if p.suffix not in (".db", ".sqlite", ".sqlite3"):
-            p = p / DEFAULT_DB_NAME
-        return f"sqlite:///{p.resolve()}"
-    db = sqlite_path(text)
-    if db is not None and not db.is_absolute():
-        return f"sqlite:///{db.resolve()}"
-    return text
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a `sqlite:///` URI (None for other stores and for in-memory SQLite)."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    rest = uri[len("sqlite:///"):].split("?", 1)[0]
-    return Path(rest) if rest and rest != ":memory:" else None
-
-
-def tracking_uri() -> str:
-    """The store this process uses now (see the module docstring for the order of precedence)."""
-    if _configured_uri is not None:
-        return _configured_uri
-    env = os.environ.get(TRACKING_URI_ENV, "").strip()
-    if env:
-        return normalize_uri(env)
-    return f"sqlite:///{project_root() / DEFAULT_DB_NAME}"
-
-
-def configure(uri: str | Path | None = None) -> str:
-    """Pin the store for this process (`uri`), or with None go back to MLFLOW_TRACKING_URI / the default.
-    Returns the resolved URI. Cheap: nothing is opened until the first run is created or read."""
-    global _configured_uri
-    _configured_uri = normalize_uri(uri) if uri is not None else None
-    return tracking_uri()
-
-
-def _quiet_offline() -> None:
-    """Before MLflow is imported: no telemetry (network), no INFO logs (e.g. the schema migrations printed
-    when a new SQLite store is created). Explicit user settings win."""
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-
-
-def client(uri: str | None = None) -> MlflowClient:
-    """An MlflowClient on `uri` (default: `tracking_uri()`); the directory of a SQLite file is created."""
-    _quiet_offline()
-    from mlflow import MlflowClient
-
-    uri = normalize_uri(uri) if uri is not None else tracking_uri()
-    db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
-
-
-def metric_history(run_id: str, key: str, uri: str | None = None) -> dict[int, float]:
-    """A metric's value per step; a resumed run replays steps, and the last value logged for a step wins."""
-    history = sorted(client(uri).get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
-    return {m.step: m.value for m in history}
-
-
-def _artifact_location(uri: str, name: str) -> str | None:
-    db = sqlite_path(uri)
-    if db is None:
-        return None  # a server or another store decides where artifacts go
-    return (db.parent.resolve() / ARTIFACT_DIR_NAME / name).as_uri()
-
-
-def _experiment_id(c: MlflowClient, name: str) -> str:
-    """Get or create the experiment; two processes creating it at once is fine (the loser reads it back)."""
-    from mlflow.exceptions import MlflowException
-
-    exp = c.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return c.create_experiment(name, artifact_location=_artifact_location(c.tracking_uri, name))
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            exp = c.get_experiment_by_name(name)
-    if exp.lifecycle_stage != "active":
-        raise TrackingError(
-            f"experiment {name!r} is deleted in {c.tracking_uri}; restore it (`mlflow experiments restore "
-            f"--experiment-id {exp.experiment_id}`) or delete it for good (`mlflow gc`) before logging to it")
-    return exp.experiment_id
-
-
-def git_state(cwd: str | Path | None = None) -> tuple[str | None, bool | None]:
-    """(HEAD commit, whether tracked or untracked-but-not-ignored files differ from it); (None, None) outside
-    a git checkout or without git. Read per run, not cached: a long-lived Prefect worker sees new commits."""
-    cwd = str(cwd or project_root())
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        status = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True,
-                                timeout=30, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    return (sha or None), bool(status.strip())
-
-
-def _git_tags() -> dict[str, str]:
-    sha, dirty = git_state()
-    if sha is None:
-        return {}
-    return {"git_sha": sha, "git_dirty": "true" if dirty else "false", "mlflow.source.git.commit": sha}
+# Experiments and git state
 
 
 def _parent_from_env(c: MlflowClient, explicit: str | None) -> str | None:
@@ -556,9 +368,18 @@ class MlflowRunLogger:
         self._client.log_figure(self.run_id, figure, artifact_file)
 
     def log_config(self, config: Any) -> None:
-        """The resolved config: flattened dotted params (searchable) and `config.yaml` (the exact tree)."""
-        self.log_params(config)
-        self.log_dict(config, "config.yaml")
+        """The whole resolved config (params.yaml with overrides applied) as the `params.yaml` artifact; not as
+        params, which hold only the run's own settings."""
+        self.log_dict(config, CONFIG_ARTIFACT)
+
+    def log_inputs(self, inputs: Sequence[InputFile]) -> None:
+        """Files the run reads, as MLflow datasets (the UI's Datasets column: name, digest, context)."""
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        if inputs:
+            self._client.log_inputs(self.run_id, datasets=[
+                DatasetInput(i.entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, i.context.value)]) for i in inputs])
 
     def set_tags(self, tags: Mapping[str, Any] | RunTags) -> None:
         from mlflow.entities import RunTag
@@ -574,11 +395,14 @@ def _join(a: str | None, b: str) -> str:
 
 
 @contextlib.contextmanager
-def _run(dataset: str, phase: Phase | str, run_name: str, tags: dict[str, str], config: Any,
+def _run(dataset: str, phase: Phase | str, run_name: str, tags: dict[str, str],
          parent_run_id: str | None, uri: str | None, description: str | None) -> Iterator[MlflowRunLogger]:
     c = client(uri)
-    exp_id = _experiment_id(c, experiment_name(dataset, phase))
-    all_tags = {"dataset": dataset, "phase": _phase(phase).value, **_git_tags(), **tags}
+    exp_id = _experiment_id(c, experiment_name(dataset, phase),
+                            tracking_views.experiment_tags(_phase(phase).value, _now_ms()))
+    _reap(c)
+    all_tags = {"dataset": dataset, "phase": _phase(phase).value, **_git_tags(), **tags,
+                OWNER_TAG: tracking_owner.this_process().tag()}
     parent = _parent_from_env(c, parent_run_id)
     if parent is not None:
         all_tags[PARENT_TAG] = parent
@@ -587,29 +411,45 @@ def _run(dataset: str, phase: Phase | str, run_name: str, tags: dict[str, str], 
     run = c.create_run(exp_id, run_name=run_name, tags={k: v[:MAX_TAG_VAL_LENGTH] for k, v in all_tags.items()})
     logger = MlflowRunLogger(run.info.run_id, c.tracking_uri)
     status = "FAILED"
-    try:
-        if config is not None:
-            logger.log_config(config)
-        yield logger
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        c.set_terminated(run.info.run_id, status)
+    with tracking_owner.terminate_as_exit() as termination:
+        try:
+            yield logger
+            status = "FINISHED"
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt) or termination.signalled:
+                status = "KILLED"  # Ctrl-C, SIGTERM: stopped from outside, not an error of the run
+            raise
+        finally:
+            c.set_terminated(run.info.run_id, status)
+
+
+def _reap(c: MlflowClient) -> list[str]:
+    return tracking_owner.reap_stale_runs(c, list(_sevila_experiments(c)))
+
+
+def reap_stale_runs(uri: str | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs of the store whose process on this host is gone (SIGKILL, OOM); returns
+    their ids. Called whenever a run opens and before `sevila report` reads runs (sevila/tracking_owner.py)."""
+    return _reap(client(uri))
 
 
 @contextlib.contextmanager
-def start_run(dataset: str, phase: Phase | str, run_name: str | None, tags: RunTags, config: Any = None, *,
-              parent_run_id: str | None = None, uri: str | None = None,
-              description: str | None = None) -> Iterator[MlflowRunLogger]:
+def start_run(dataset: str, phase: Phase | str, run_name: str | None, tags: RunTags, params: Any = None, *,
+              config: Any = None, inputs: Sequence[InputFile] = (), parent_run_id: str | None = None,
+              uri: str | None = None, description: str | None = None) -> Iterator[MlflowRunLogger]:
     """A run in `sevila/<dataset>/<phase>` named `run_name` (default: the variant), tagged with `tags`, the
-    dataset/phase and the git state, nested under `parent_run_id` or $SEVILA_PARENT_RUN_ID when set; `config`
-    (a mapping or config dataclass) is logged as params and `config.yaml`. Ends FINISHED / FAILED / KILLED."""
+    dataset/phase and the git state, nested under `parent_run_id` or $SEVILA_PARENT_RUN_ID when set. `params`
+    (a mapping or config dataclass: the run's own settings) become flattened params; `config` (the whole
+    resolved config) the `params.yaml` artifact; `inputs` the run's datasets. Ends FINISHED / FAILED / KILLED."""
     if not isinstance(tags, RunTags):
         raise TypeError(f"start_run: tags must be a RunTags, got {type(tags).__name__}")
-    with _run(dataset, phase, run_name or tags.variant, tags.to_tags(), config, parent_run_id, uri,
+    with _run(dataset, phase, run_name or tags.variant, tags.to_tags(), parent_run_id, uri,
               description) as logger:
+        if params is not None:
+            logger.log_params(params)
+        if config is not None:
+            logger.log_config(config)
+        logger.log_inputs(inputs)
         yield logger
 
 
@@ -620,7 +460,7 @@ def parent_run(name: str, dataset: str, phase: Phase | str = Phase.PIPELINE, tag
     $SEVILA_PARENT_RUN_ID (its id) and $MLFLOW_TRACKING_URI (its store) for the block and restores them after.
     Parent runs nest too (a flow run inside a scheduled deployment run)."""
     extra = {"kind": "parent", **{str(k): _tag_value(v) for k, v in (tags or {}).items()}}
-    with _run(dataset, phase, name, extra, None, None, uri, None) as logger:
+    with _run(dataset, phase, name, extra, None, uri, None) as logger:
         saved = {k: os.environ.get(k) for k in (PARENT_RUN_ENV, TRACKING_URI_ENV)}
         os.environ[PARENT_RUN_ENV] = logger.run_id
         os.environ[TRACKING_URI_ENV] = logger.uri
@@ -672,14 +512,12 @@ def _typed_frame(rows: list[dict]) -> pd.DataFrame:
     return df[list(BASE_COLUMNS) + rest]
 
 
-def runs_frame(dataset: str | None = None, phase: Phase | str | None = None, *, uri: str | None = None,
-               statuses: Iterable[str] | None = None) -> pd.DataFrame:
-    """One row per (non-deleted) run of the `sevila/<dataset>/<phase>` experiments, optionally only one
-    dataset / phase / set of statuses. Columns: BASE_COLUMNS (typed pivot tags: Int64 counts, boolean flags,
-    UTC start/end times), then `metrics.<name>` (last value), `params.<name>`, `tags.<name>` (all tags)."""
+def _sevila_experiments(c: MlflowClient, dataset: str | None = None,
+                        phase: Phase | str | None = None) -> dict[str, tuple[str, str, str]]:
+    """Active `sevila/<dataset>/<phase>` experiments (optionally one dataset / phase): id -> (name, dataset,
+    phase)."""
     from mlflow.entities import ViewType
 
-    c = client(uri)
     want_phase = _phase(phase).value if phase is not None else None
     experiments = {}
     token = None
@@ -692,7 +530,16 @@ def runs_frame(dataset: str | None = None, phase: Phase | str | None = None, *, 
                 experiments[exp.experiment_id] = (exp.name, *parsed)
         token = page.token
         if not token:
-            break
+            return experiments
+
+
+def runs_frame(dataset: str | None = None, phase: Phase | str | None = None, *, uri: str | None = None,
+               statuses: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per (non-deleted) run of the `sevila/<dataset>/<phase>` experiments, optionally only one
+    dataset / phase / set of statuses. Columns: BASE_COLUMNS (typed pivot tags, read from the run's tags, else
+    from its params of the same name: Int64 counts, boolean flags; UTC start/end times), then `metrics.<name>` (last value), `params.<name>`, `tags.<name>` (all tags)."""
+    c = client(uri)
+    experiments = _sevila_experiments(c, dataset, phase)
     wanted_status = {s.upper() for s in statuses} if statuses is not None else None
     rows: list[dict] = []
     if experiments:
@@ -710,8 +557,8 @@ def runs_frame(dataset: str | None = None, phase: Phase | str | None = None, *, 
                     "phase": ph, "status": info.status, "start_time": info.start_time, "end_time": info.end_time,
                     "parent_run_id": t.get(PARENT_TAG),
                 }
-                for tag in PIVOT_TAGS:
-                    v = t.get(tag)
+                for tag in PIVOT_TAGS:  # a run without the tag (logged by hand, say) pivots on its param
+                    v = t.get(tag, data.params.get(tag))
                     row[tag] = _parse_int(v) if tag in INT_TAGS else _parse_bool(v) if tag in BOOL_TAGS else v
                 if row["variant"] is None:
                     row["variant"] = info.run_name

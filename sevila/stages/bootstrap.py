@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from sevila import tracking
 from sevila.config import Config, build
 from sevila.io import atomic_write_json
+from sevila.run_settings import stage_run
 
 
 def run(cfg: Config) -> dict:
@@ -16,6 +18,9 @@ def run(cfg: Config) -> dict:
     settings = build(BootstrapSettings, cfg.bootstrap, "bootstrap")
     metrics = bootstrap_backbone(cfg.paths.world, cfg.paths.processed, cfg.model.weights, settings)
     atomic_write_json(Path(cfg.paths.reports) / "bootstrap.json", metrics)
+    with stage_run(cfg, "bootstrap", tracking.Phase.BOOTSTRAP, "bootstrap",
+                   tracking.RunTags(variant="bootstrap", dvc_stage="bootstrap")) as run_log:
+        run_log.log_metrics({k: float(v) for k, v in metrics.items()})
     return metrics
 
 

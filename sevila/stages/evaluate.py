@@ -12,10 +12,11 @@ import torch
 from tqdm import tqdm
 
 from sevila.chain import clip_features, load_model, qa_prompt_pair, read_split, round_dir
-from sevila.config import Config, VariantConfig, to_dict
+from sevila.config import Config, VariantConfig
 from sevila.data.video import SkipLog, frame_labels
 from sevila.io import atomic_write_json, atomic_write_text
 from sevila.metrics import keyframe_in_span, localizer_metrics, qa_metrics
+from sevila.run_settings import stage_run
 from sevila.selection import Fusion, Selector
 
 MAX_QUESTIONS = 16  # questions of one clip per forward pass
@@ -93,7 +94,7 @@ def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, mo
                             n_keyframes=v.n_keyframes, loc_pretrain=v.localizer.pretrained if uses_loc else None,
                             loc_refine=v.localizer.refined if uses_loc else None, answerer=v.answerer.value,
                             round=cfg.round, dvc_stage=f"evaluate@{name}")
-    with tracking.start_run(cfg.evaluate.dataset, tracking.Phase.EVALUATE, name, tags, to_dict(cfg)) as run_log:
+    with stage_run(cfg, "evaluate", tracking.Phase.EVALUATE, name, tags, variant=name) as run_log:
         run_log.log_metrics({k: float(x) for k, x in metrics.items()})
         run_log.log_artifact(out)
     return metrics

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 from sevila.chain import answerer_dir, clip_features, fit_module, load_model, qa_prompt_pair, read_split, stack
-from sevila.config import Config, FrameSelection, to_dict
+from sevila.config import Config, FrameSelection
 from sevila.io import atomic_write_json
+from sevila.run_settings import stage_run
 from sevila.selection import uniform_keyframes
 
 
@@ -59,8 +60,8 @@ def run(cfg: Config) -> dict:
     tags = tracking.RunTags(variant=f"finetune_{ft.frames.value}", round=cfg.round, answerer="finetuned",
                             loc_pretrain=ft.localizer.pretrained, loc_refine=ft.localizer.refined,
                             n_frames=cfg.frames.n_frames, n_keyframes=k, dvc_stage="finetune_answerer")
-    with tracking.start_run(cfg.evaluate.dataset, tracking.Phase.FINETUNE, f"finetune_answerer_r{cfg.round}", tags,
-                            to_dict(cfg)) as run_log:
+    with stage_run(cfg, "finetune_answerer", tracking.Phase.FINETUNE, f"finetune_answerer_r{cfg.round}",
+                   tags) as run_log:
         metrics = fit_module(cfg, model, "answerer", items, answerer_loss, "finetune_answerer", ft.train,
                              answerer_dir(cfg), logger=run_log)
         run_log.log_metrics({k_: float(v) for k_, v in metrics.items()})

@@ -11,10 +11,11 @@ import torch
 
 from sevila import prompts
 from sevila.chain import clip_features, fit_module, load_model, localizer_dir, read_split, stack
-from sevila.config import Config, LocalizerId, to_dict
+from sevila.config import Config, LocalizerId
 from sevila.data.video import frame_labels
 from sevila.io import atomic_write_json
 from sevila.metrics import keyframe_in_span, localizer_metrics
+from sevila.run_settings import stage_run
 
 
 def moment_items(clips) -> list[dict]:
@@ -58,8 +59,7 @@ def run(cfg: Config) -> dict:
     k = cfg.frames.n_keyframes
     tags = tracking.RunTags(variant="pretrain_localizer", loc_pretrain=True, loc_refine=False,
                             n_frames=cfg.frames.n_frames, n_keyframes=k, dvc_stage="pretrain_localizer")
-    with tracking.start_run(cfg.evaluate.dataset, tracking.Phase.PRETRAIN, "pretrain_localizer", tags,
-                            to_dict(cfg)) as run_log:
+    with stage_run(cfg, "pretrain_localizer", tracking.Phase.PRETRAIN, "pretrain_localizer", tags) as run_log:
         before = moment_quality(model, val_items, k)
         metrics = fit_module(cfg, model, "localizer", train_items, localizer_loss, "pretrain_localizer",
                              cfg.pretrain_localizer.train, localizer_dir(cfg, LocalizerId.QVH), logger=run_log)

@@ -14,10 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sevila import tracking
 from sevila.chain import clip_features, load_model, qa_prompt_pair, read_split, round_dir
 from sevila.config import AnswererId, Config
 from sevila.data.video import SkipLog, frame_labels
 from sevila.io import atomic_write_json, atomic_write_text
+from sevila.run_settings import stage_run
 
 MAX_ROWS = 512  # (question, frame) sequences per Answerer pass
 
@@ -80,6 +82,11 @@ def run(cfg: Config) -> dict:
     atomic_write_json(out.with_name("pseudo_label_stats.json"), stats)
     if len(skipped):
         skipped.write(out.with_name("pseudo_label_skipped.json"))
+    tags = tracking.RunTags(variant="pseudo_label", answerer=answerer.value, round=cfg.round,
+                            n_frames=cfg.frames.n_frames, dvc_stage="pseudo_label")
+    with stage_run(cfg, "pseudo_label", tracking.Phase.PSEUDO_LABEL, f"pseudo_label_r{cfg.round}", tags) as run_log:
+        run_log.log_metrics({k: float(v) for k, v in stats.items()})
+        run_log.set_tags({"pseudo_labels_digest": tracking.file_digest(out)})  # = the refine run's input digest
     return stats
 
 

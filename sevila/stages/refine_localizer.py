@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from sevila.chain import clip_features, fit_module, load_model, localizer_dir, qa_prompt_pair, read_split
-from sevila.config import Config, LocalizerId, to_dict
+from sevila.config import Config, LocalizerId
 from sevila.io import atomic_write_json
+from sevila.run_settings import stage_run
 from sevila.stages.pretrain_localizer import localizer_loss
 from sevila.stages.pseudo_label import label_file, read_labels
 
@@ -55,8 +56,9 @@ def run(cfg: Config) -> dict:
         tags = tracking.RunTags(variant=f"refine_{target.value}", study=tracking.Study.ROUND, round=cfg.round,
                                 loc_pretrain=target.pretrained, loc_refine=True, n_frames=cfg.frames.n_frames,
                                 dvc_stage="refine_localizer")
-        with tracking.start_run(cfg.evaluate.dataset, tracking.Phase.REFINE, f"refine_{target.value}_r{cfg.round}",
-                                tags, to_dict(cfg)) as run_log:
+        pseudo = tracking.InputFile(label_file(cfg), tracking.InputContext.TRAIN, "pseudo_labels")
+        with stage_run(cfg, "refine_localizer", tracking.Phase.REFINE, f"refine_{target.value}_r{cfg.round}", tags,
+                       inputs=[pseudo]) as run_log:
             metrics = fit_module(cfg, model, "localizer", items, localizer_loss, f"refine_{target.value}",
                                  cfg.refine_localizer.train, localizer_dir(cfg, target), logger=run_log)
             run_log.log_metrics({k: float(v) for k, v in metrics.items()})

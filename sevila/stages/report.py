@@ -73,6 +73,7 @@ def run(cfg: Config) -> dict:
     from sevila.report import log_report, write_report
 
     uri = tracking.tracking_uri()
+    tracking.reap_stale_runs(uri)
     dataset, variants = cfg.evaluate.dataset, list(cfg.evaluate.variants)
     rows = round_rows(tracking.finished_runs(dataset, tracking.Phase.EVALUATE), variants, cfg.round)
     found = set(rows["variant"]) if not rows.empty else set()

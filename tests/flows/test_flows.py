@@ -83,7 +83,7 @@ def test_each_round_is_one_parent_run_with_its_stage_runs(two_rounds):
         children = runs[runs["parent_run_id"] == d.mlflow_run_id]
         n = d.round
         assert sorted(children["run_name"]) == sorted(
-            [f"refine_sr_r{n}", f"refine_qvh_sr_r{n}", f"finetune_answerer_r{n}", MAIN])
+            [f"pseudo_label_r{n}", f"refine_sr_r{n}", f"refine_qvh_sr_r{n}", f"finetune_answerer_r{n}", MAIN])
         assert set(children["round"]) == {n} and set(children["status"]) == {"FINISHED"}
     assert len(seen_flow_runs) == 2  # one parent per flow run
 

@@ -306,3 +306,33 @@ def test_report_cli_on_an_empty_store_says_so(store, tmp_path, capsys):
     assert "No finished `evaluate` runs found" in (out / "ablations.md").read_text(encoding="utf-8")
     assert json.loads((out / "ablations.json").read_text()) == []
     assert tr.runs_frame().empty  # nothing was logged
+
+
+def test_report_pivots_on_the_variant_settings_the_evaluate_runs_log_as_params(store, tmp_path):
+    """Evaluate runs logged through run_settings.stage_run carry the variant's settings as params. The report
+    reads a pivot column from the tag, else from the param of the same name, so even runs without pivot tags
+    land in the right table row, with the variant's frames (8, 16), never params.yaml's frames.n_frames (32)."""
+    import yaml
+
+    from sevila.config import load_config
+    from sevila.run_settings import stage_run
+
+    processed = tmp_path / "processed"
+    processed.mkdir()
+    (processed / "test.jsonl").write_text('{"qid": "q1"}\n')
+    params = {"paths": {"processed": str(processed)}, "frames": {"n_frames": 32, "n_keyframes": 4},
+              "evaluate": {"variants": {"f8k1_qvh_sr": {"study": "frames", "n_frames": 8, "n_keyframes": 1},
+                                        "f16k4_qvh_sr": {"study": "frames", "n_frames": 16, "n_keyframes": 4}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cfg = load_config(tmp_path / "params.yaml")
+    for name, acc in (("f8k1_qvh_sr", 40.0), ("f16k4_qvh_sr", 45.0)):
+        with stage_run(cfg, "evaluate", Phase.EVALUATE, name, RunTags(variant=name), variant=name) as run:
+            run.log_metrics({"accuracy": acc})
+    out = tmp_path / "reports"
+    assert _cli(["report", "--out", str(out), "--no-log"]) == 0
+    md = (out / "ablations.md").read_text(encoding="utf-8")
+    assert "| 8 | 1 | f8k1_qvh_sr | 40.0 |" in md and "| 16 | 4 | f16k4_qvh_sr | 45.0 |" in md
+    records = {r["variant"]: r for r in json.loads((out / "ablations.json").read_text())}
+    assert {v: (r["study"], r["n_frames"], r["n_keyframes"], r["selector"]) for v, r in records.items()} == {
+        "f8k1_qvh_sr": ("frames", 8, 1, "localizer"), "f16k4_qvh_sr": ("frames", 16, 4, "localizer")}
+    assert (out / "accuracy_vs_keyframes_synth.png").read_bytes()[:8] == PNG_MAGIC

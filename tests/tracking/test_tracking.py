@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import os
 import shutil
 import subprocess
@@ -49,11 +50,25 @@ FULL_TAGS = RunTags(variant="f32k4_qvh_sr", study=Study.COMPONENTS, selector="lo
 def test_run_lands_in_named_experiment_with_tags_params_config_and_metrics(store, tmp_path):
     config = {"model": {"n_frames": 32, "lr": 1e-4, "freeze_vit": True, "name": None},
               "data": {"splits": ["train", "val"], "notes": "x" * 7000}}
-    with tr.start_run("synth", Phase.EVALUATE, None, FULL_TAGS, config) as run:
+    whole = {"paths": {"data": "data"}, **config}
+    with tr.start_run("synth", Phase.EVALUATE, None, FULL_TAGS, config, config=whole) as run:
         run.log_metrics({"accuracy": 61.5, "keyframe_in_span": 70.25})
     c = tr.client(store)
     got = c.get_run(run.run_id)
-    assert c.get_experiment(got.info.experiment_id).name == "sevila/synth/evaluate"
+    exp = c.get_experiment(got.info.experiment_id)
+    assert exp.name == "sevila/synth/evaluate"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow 3 UI: "Model training"
+    # the evaluate experiment carries the UI's saved view "Ablation table" (format of MLflow 3.17's UI)
+    view = json.loads(exp.tags["mlflow.sharedViewState.sevila-ablation-table"])
+    assert view["name"] == "Ablation table" and view["createdAt"] == view["updatedAt"] > 0
+    state = json.loads(view["state"])
+    assert state["selectedColumns"] == [
+        "metrics.`accuracy`", "metrics.`keyframe_in_span`", "params.`study`", "params.`n_frames`",
+        "params.`n_keyframes`", "params.`localizer`", "params.`selector`", "params.`fusion`", "params.`answerer`",
+        "params.`round`"]
+    assert state["groupBy"] == {"aggregateFunction": "average",
+                                "groupByKeys": [{"mode": "param", "groupByData": "study"}]}
+    assert state["orderByKey"] == "metrics.`accuracy`" and state["orderByAsc"] is False
     assert got.info.run_name == "f32k4_qvh_sr"
     assert got.info.status == "FINISHED"
     tags = got.data.tags
@@ -75,12 +90,12 @@ def test_run_lands_in_named_experiment_with_tags_params_config_and_metrics(store
     assert len(params["data.notes"]) == tr.MAX_PARAM_VAL_LENGTH
     assert params["data.notes"].endswith(tr.TRUNCATION_MARK)
     assert got.data.metrics == {"accuracy": 61.5, "keyframe_in_span": 70.25}
-    # the untruncated config is an artifact
-    local = c.download_artifacts(run.run_id, "config.yaml", str(tmp_path))
-    assert yaml.safe_load(Path(local).read_text()) == config
+    # the whole resolved config is an artifact (params hold only the run's own settings: no `paths.*`)
+    local = c.download_artifacts(run.run_id, "params.yaml", str(tmp_path))
+    assert yaml.safe_load(Path(local).read_text()) == whole
     # artifacts sit next to the database, not in the working directory
     art = Path(store[len("sqlite:///"):]).parent / "mlruns" / "sevila" / "synth" / "evaluate" / run.run_id
-    assert (art / "artifacts" / "config.yaml").is_file()
+    assert (art / "artifacts" / "params.yaml").is_file()
 
 
 def test_training_metrics_keep_their_per_step_history(store):
@@ -377,3 +392,21 @@ def test_import_is_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_experiment_ui_tags_are_added_once_and_never_overwrite_an_edit(store):
+    c = tr.client(store)
+    exp_id = c.create_experiment("sevila/synth/evaluate")  # made before sevila tagged its experiments
+    key = "mlflow.sharedViewState.sevila-ablation-table"
+    with tr.start_run("synth", Phase.EVALUATE, None, RunTags(variant="v")):
+        pass
+    tags = c.get_experiment(exp_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development" and key in tags
+    c.set_experiment_tag(exp_id, key, "edited by a person")
+    with tr.start_run("synth", Phase.EVALUATE, None, RunTags(variant="v")):
+        pass
+    assert c.get_experiment(exp_id).tags[key] == "edited by a person"
+    with tr.start_run("synth", Phase.REFINE, None, RunTags(variant="r")) as run:
+        pass
+    refine = c.get_experiment(c.get_run(run.run_id).info.experiment_id).tags
+    assert refine["mlflow.experimentKind"] == "custom_model_development" and key not in refine
