@@ -26,11 +26,10 @@ CHAIN = ["prepare", "validate", "bootstrap", "pretrain_localizer", "pseudo_label
 BOOTSTRAP_LANDED = (REPO / "sevila/stages/bootstrap.py").is_file() and "bootstrap" in PARAMS
 
 # Modules a stage imports that cannot change what it writes: the command line, atomic file writes, the error
-# classes, and the
-# run loggers (tracking only matters to the report, which reads MLflow; its helper modules and the per-stage run
-# settings of sevila/run_settings.py only say what a run records).
-NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/errors.py", "sevila/io.py", "sevila/runlog.py", "sevila/tracking.py",
-               "sevila/tracking_store.py", "sevila/tracking_params.py", "sevila/tracking_owner.py",
+# classes, and the run loggers (tracking only matters to the report, which reads MLflow; its helper modules and the
+# per-stage run settings of sevila/run_settings.py only say what a run records).
+NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/errors.py", "sevila/io.py", "sevila/runlog.py",
+               "sevila/tracking.py", "sevila/tracking_store.py", "sevila/tracking_params.py", "sevila/tracking_owner.py",
                "sevila/tracking_inputs.py", "sevila/tracking_views.py", "sevila/run_settings.py"}
 # prepare imports every benchmark reader through sevila.data.annotations; the synthetic world is read only
 # through the NExT-QA and QVHighlights ones.
