@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "report": "sevila.report",
     "stage": "sevila.stages",
     "repro": "sevila.repro",
+    "seeds": "sevila.seeds",
 }
 
 

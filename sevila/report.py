@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from sevila.io import atomic_path, atomic_write_json, atomic_write_text
+from sevila.seeds import STD_SUFFIX, collapse_seeds
 from sevila.tracking import (
     BOOL_TAGS, INT_TAGS, PIVOT_TAGS, SELECTOR_VALUES, AnswererMode, Phase, RunTags, Study, latest_per_variant,
 )
@@ -121,11 +122,21 @@ def normalize(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def latest(runs: pd.DataFrame) -> pd.DataFrame:
-    """Latest FINISHED run per (dataset, variant): the rows the tables are made of."""
+    """The rows the tables are made of: the latest FINISHED run per (dataset, variant, seed), then one row per
+    (dataset, variant) whose metrics are the mean over its seeds, with the spread beside them (sevila.seeds)."""
     df = normalize(runs)
     if "experiment" not in df.columns:
         df["experiment"] = df["dataset"]
-    return latest_per_variant(df)
+    return collapse_seeds(latest_per_variant(df))
+
+
+def _metric_cell(r: pd.Series, metric: str) -> str:
+    """`75.0`, or `75.0 ± 2.1` where the value is a mean over several seeds."""
+    mean = _num(r.get(f"metrics.{metric}"))
+    std = r.get(f"metrics.{metric}{STD_SUFFIX}")
+    if mean == MISSING or _isna(r.get("n_seeds")) or int(r["n_seeds"]) < 2 or _isna(std):
+        return mean
+    return f"{mean} ± {float(std):.1f}"
 
 
 def _metric_columns(rows: pd.DataFrame, metrics: Sequence[str]) -> list[str]:
@@ -145,7 +156,7 @@ def _table(key: str, title: str, rows: pd.DataFrame, lead: list[tuple[str, Any]]
     labels = [label for label, _ in lead] + [METRIC_LABELS.get(m, m) for m in mcols]
     out = []
     for _, r in rows.iterrows():
-        vals = [fn(r) for _, fn in lead] + [_num(r.get(f"metrics.{m}")) for m in mcols]
+        vals = [fn(r) for _, fn in lead] + [_metric_cell(r, m) for m in mcols]
         out.append(tuple(vals))
     numeric = frozenset(list(numeric_lead) + [METRIC_LABELS.get(m, m) for m in mcols])
     return Table(key, title, tuple(labels), tuple(out), numeric)
@@ -291,6 +302,11 @@ def build_markdown(runs: pd.DataFrame, *, phase: str = Phase.EVALUATE.value, sou
         return "\n".join(lines)
     lines += [f"Built by `sevila report` from the latest FINISHED `{phase}` run of each variant{where}. "
               f"Metrics are percentages; {MISSING} marks a value the run did not log.", ""]
+    seeds = sorted({s for v in rows["seeds"].dropna() for s in str(v).split(",")}, key=int)
+    if (rows["n_seeds"].fillna(1) > 1).any():
+        lines += [f"Seeds study: each value is the mean ± sample standard deviation over the seeds that ran the "
+                  f"variant (seeds {', '.join(seeds)}; `world.seed` = `bootstrap.seed`), from each seed's latest run.",
+                  ""]
     for ds in datasets(rows):
         lines += [f"## Dataset `{ds}`", ""]
         tables = dataset_tables(rows, ds, metrics)
@@ -328,6 +344,7 @@ def report_records(runs: pd.DataFrame) -> list[dict]:
         obj: dict[str, Any] = {"dataset": _json_value(r["dataset"])}
         obj.update({t: _json_value(r[t]) for t in PIVOT_TAGS})
         obj["run_id"] = _json_value(r["run_id"])
+        obj["seeds"] = [int(x) for x in str(r["seeds"]).split(",")] if not _isna(r.get("seeds")) else []
         for col in metric_cols:
             v = _json_value(r[col])
             if v is None:

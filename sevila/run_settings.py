@@ -19,11 +19,14 @@ visibly in the UI's Datasets column even when their settings are equal. The reco
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from sevila.config import Config, to_dict
 from sevila.tracking import InputContext, InputFile, MlflowRunLogger, Phase, RunTags, start_run
+
+SYNTH = "synth"  # the embedded default's dataset name: its runs carry the world's seed (sevila.seeds)
 
 # Stage -> the params.yaml paths it reads (its own section first). A path names a section or one setting.
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -103,6 +106,8 @@ def stage_run(cfg: Config, stage: str, phase: Phase, run_name: str, tags: RunTag
     variant, else `stage_params`), the resolved config as the `params.yaml` artifact, and the records it reads
     (plus `inputs`, e.g. a pseudo-label file) as datasets."""
     params = variant_params(cfg, variant) if variant is not None else stage_params(cfg, stage)
+    if tags.seed is None and cfg.evaluate.dataset == SYNTH:  # the world and backbone it ran on (sevila.seeds)
+        tags = dataclasses.replace(tags, seed=cfg.world.seed)
     with start_run(cfg.evaluate.dataset, phase, run_name, tags, params, config=to_dict(cfg),
                    inputs=[*stage_inputs(cfg, stage), *inputs]) as run:
         yield run

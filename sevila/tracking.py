@@ -130,9 +130,9 @@ FUSION_VALUES: tuple[str, ...] = ("concat", "vote")
 # The tag names a table can pivot on, in column order (RunTags fields, then the git state).
 PIVOT_TAGS: tuple[str, ...] = (
     "variant", "study", "selector", "fusion", "n_frames", "n_keyframes", "loc_pretrain", "loc_refine",
-    "answerer", "round", "dvc_stage", "git_sha", "git_dirty",
+    "answerer", "round", "seed", "dvc_stage", "git_sha", "git_dirty",
 )
-INT_TAGS = ("n_frames", "n_keyframes", "round")
+INT_TAGS = ("n_frames", "n_keyframes", "round", "seed")
 BOOL_TAGS = ("loc_pretrain", "loc_refine", "git_dirty")
 
 
@@ -187,6 +187,7 @@ class RunTags:
     variant: the ablation variant (params.yaml key, DVC stage suffix, MLflow run name, output folder).
     loc_pretrain: the Localizer was pre-trained on QVHighlights moments; loc_refine: it was self-refined.
     round: the self-refinement round that produced the run (0 = before any refinement).
+    seed: `world.seed` (= `bootstrap.seed` in a seeds study, sevila.seeds): which world and backbone it ran on.
     """
 
     variant: str
@@ -199,6 +200,7 @@ class RunTags:
     loc_refine: bool | None = None
     answerer: AnswererMode | None = None
     round: int | None = None
+    seed: int | None = None
     dvc_stage: str | None = None
 
     def __post_init__(self) -> None:
@@ -579,7 +581,8 @@ def finished_runs(dataset: str | None = None, phase: Phase | str | None = None, 
 
 
 def latest_per_variant(df: pd.DataFrame) -> pd.DataFrame:
-    """The latest FINISHED run (by start time) of each variant of each experiment; failed, killed, running and
+    """The latest FINISHED run (by start time) of each variant (and seed, where runs carry one) of each experiment;
+    failed, killed, running and
     superseded runs are dropped. Pure pandas: works on any frame with `status`, `start_time`, `variant`
     (missing variant: `run_name`) and optionally `experiment`."""
     if df.empty:
@@ -590,6 +593,8 @@ def latest_per_variant(df: pd.DataFrame) -> pd.DataFrame:
     elif "run_name" in out.columns:
         out["variant"] = out["variant"].fillna(out["run_name"])
     keys = ["experiment", "variant"] if "experiment" in out.columns else ["variant"]
+    if "seed" in out.columns:  # a seeds study keeps each seed's latest run (sevila.seeds.collapse_seeds)
+        keys.append("seed")
     order = ["start_time", "end_time"] if "end_time" in out.columns else ["start_time"]
     out = out.sort_values(order, kind="stable")
     out = out.groupby(keys, sort=False, dropna=False).tail(1)

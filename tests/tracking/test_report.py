@@ -129,7 +129,8 @@ def test_markdown_tables_are_pinned():
 def _obj(variant, study, run_id, dataset="synth", **fields):
     base = {"dataset": dataset, "variant": variant, "study": study, "selector": None, "fusion": None,
             "n_frames": None, "n_keyframes": None, "loc_pretrain": None, "loc_refine": None, "answerer": None,
-            "round": None, "dvc_stage": None, "git_sha": None, "git_dirty": None, "run_id": run_id}
+            "round": None, "seed": None, "dvc_stage": None, "git_sha": None, "git_dirty": None, "run_id": run_id,
+            "seeds": []}
     metrics = {k: fields.pop(k) for k in ("accuracy", "keyframe_in_span") if k in fields}
     return base | fields | metrics
 
