@@ -44,7 +44,11 @@ def seed_order(seeds: Sequence[int], default: int) -> list[int]:
 def exp_command(seed: int, extra: Sequence[str] = ()) -> list[str]:
     """`dvc exp run` for one seed, through this interpreter's dvc (the venv's, whatever PATH says)."""
     sets = [arg for key in SEED_PARAMS for arg in ("-S", f"{key}={seed}")]
-    return [sys.executable, "-m", "dvc", "exp", "run", "--name", f"seed{seed}", "--force", *sets, *extra]
+    return [sys.executable, "-m", "dvc", "exp", "run", "--name", exp_name(seed), *sets, *extra]
+
+
+def exp_name(seed: int) -> str:
+    return f"seed{seed}"
 
 
 STD_SUFFIX = "__std"  # metrics.<name>__std: the spread over seeds beside metrics.<name>, the mean
@@ -85,6 +89,9 @@ def run_seeds(seeds: Sequence[int], root: Path, extra: Sequence[str] = ()) -> in
     order = seed_order(seeds, cfg.world.seed)
     with tracking.parent_run(PARENT_RUN_NAME, cfg.evaluate.dataset, tags={"seeds": ",".join(map(str, order))}):
         for seed in order:
+            # A rerun replaces the seed's experiment (`dvc exp run --force` would also rerun every unchanged stage).
+            subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", exp_name(seed)], cwd=root,
+                           env=child_env(), capture_output=True)
             cmd = exp_command(seed, extra)
             print(f"sevila seeds: seed {seed}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
             rc = subprocess.run(cmd, cwd=root, env=child_env()).returncode

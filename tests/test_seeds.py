@@ -20,7 +20,7 @@ def test_seed_order_runs_the_default_seed_last_and_each_seed_once():
 
 
 def test_exp_command_varies_world_and_bootstrap_seed_together():
-    assert exp_command(3)[1:] == ["-m", "dvc", "exp", "run", "--name", "seed3", "--force",
+    assert exp_command(3)[1:] == ["-m", "dvc", "exp", "run", "--name", "seed3",
                                   "-S", "world.seed=3", "-S", "bootstrap.seed=3"]
     assert exp_command(3)[0] == sys.executable
 
