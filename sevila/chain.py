@@ -13,7 +13,8 @@ from typing import Sequence
 
 import torch
 
-from sevila.config import AnswererId, Config, LocalizerId
+from sevila.config import Config
+from sevila.settings import AnswererId, LocalizerId, TrainConfig
 from sevila.data.records import QARecord, Record, read_records
 from sevila.data.video import BadVideoPolicy, SkipLog
 
@@ -73,7 +74,8 @@ def clip_features(cfg: Config, model, records: Sequence[Record], n_frames: int |
     cache = FeatureCache(cfg.frames.cache, model)
     policy = BadVideoPolicy(cfg.frames.bad_video.value)
     videos = Path(cfg.paths.world) / "videos"
-    return list(iter_clip_features(cache, records, videos, n_frames or cfg.frames.n_frames, policy=policy,
+    n_frames = cfg.frames.n_frames if n_frames is None else n_frames  # 0 is an error downstream, never "default"
+    return list(iter_clip_features(cache, records, videos, n_frames, policy=policy,
                                    skip_log=skip_log if skip_log is not None else SkipLog()))
 
 
@@ -84,25 +86,24 @@ def qa_prompt_pair(rec: QARecord) -> tuple[str, str]:
     return qa_prompts(rec.question, rec.options)
 
 
-def fit_module(cfg: Config, model, module: str, items: list, loss_fn, stage: str, settings, out_dir: Path,
+def fit_module(cfg: Config, model, module: str, items: list, loss_fn, stage: str, settings: TrainConfig,
+               out_dir: Path,
                logger=None, eval_fn=None) -> dict:
     """Train one module (`localizer` or `answerer`) with the shared loop, then save it alone to `out_dir`.
 
     Training state (resumable after an interruption) lives under runs/train/<stage>-<hash of settings>, so the
     same run resumes while changed settings start afresh; the published checkpoint holds and names one module."""
-    import dataclasses
     import hashlib
     import json
 
     from sevila.checkpoints import save_sevila
     from sevila.config import to_dict
-    from sevila.train import TrainConfig, train
+    from sevila.train import train
 
     model.set_trainable(**{module: True})
-    tc = TrainConfig(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
-    digest = hashlib.sha256(json.dumps([to_dict(settings), len(items), str(out_dir)]).encode()).hexdigest()[:10]
+    digest = hashlib.sha256(json.dumps([settings.to_dict(), len(items), str(out_dir)]).encode()).hexdigest()[:10]
     work = Path(cfg.paths.runs) / "train" / f"{stage}-{digest}"
-    result = train(model, items, loss_fn, tc, work, collate_fn=list, logger=logger, eval_fn=eval_fn,
+    result = train(model, items, loss_fn, settings, work, collate_fn=list, logger=logger, eval_fn=eval_fn,
                    device=device_of(cfg))
     model.set_trainable(**{module: False})
     save_sevila(model, out_dir, modules=(module,), step=result.step, run_config=to_dict(cfg))

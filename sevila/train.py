@@ -61,6 +61,7 @@ from .checkpoints import (  # noqa: F401
     load_state_file, load_weights, load_weights_file, recover_dir, trainable_state, write_checkpoint_dir,
 )
 from .runlog import NullLogger, RunLogger
+from .settings import Precision, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,78 +69,11 @@ LAST = "last"
 BEST = "best"
 
 
-class Precision(str, enum.Enum):
-    """Autocast policy. AUTO: bf16 autocast on a CUDA device that supports bf16, fp32 elsewhere (CPU bf16
-    matmuls are slow on most CPUs and change numerics, so CPU runs stay fp32 unless BF16 is asked for).
-    BF16: autocast to bf16 on any device. FP32: never autocast."""
-
-    AUTO = "auto"
-    BF16 = "bf16"
-    FP32 = "fp32"
-
-
 class Goal(str, enum.Enum):
     """Whether a larger or smaller value of the validation metric is better (accuracy: MAX, loss: MIN)."""
 
     MAX = "max"
     MIN = "min"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one training run. Everything that determines the trajectory is compared on resume."""
-
-    lr: float  # peak learning rate, reached at the end of warm-up
-    epochs: int
-    batch_size: int  # GLOBAL examples per optimizer step (all processes, all micro-steps together)
-    micro_batch: int  # examples per forward pass on one process
-    weight_decay: float = 0.05  # on matrices only, see param_groups
-    warmup_steps: int = 0  # optimizer steps of linear warm-up
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
-    grad_clip: float | None = None  # max global L2 norm of the trainable gradients; None: no clipping
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    checkpoint_every: int = 100  # optimizer steps between `last/` checkpoints; the final step always saves
-    eval_every: int | None = None  # optimizer steps between eval_fn calls; eval_fn also runs at the end
-    max_steps: int | None = None  # stop early (smoke tests); the schedule then spans max_steps
-    seed: int = 0
-    precision: Precision = Precision.AUTO
-    num_workers: int = 0  # DataLoader worker processes
-    find_unused_parameters: bool = False  # DDP: set when some trainable params get no gradient in a step
-    progress: bool = True  # tqdm bars (only on rank 0 and only when stderr is a terminal)
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
-
-        for name in ("epochs", "batch_size", "micro_batch", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                bad(name, "must be >= 1")
-        for name in ("eval_every", "max_steps"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                bad(name, "must be >= 1 or null")
-        if not self.lr > 0:
-            bad("lr", "must be > 0")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be >= 0")
-        if self.warmup_steps < 0:
-            bad("warmup_steps", "must be >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            bad("min_lr_ratio", "must be in [0, 1]")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            bad("grad_clip", "must be > 0 or null")
-        if self.batch_size % self.micro_batch:
-            bad("batch_size", f"must be a multiple of micro_batch={self.micro_batch}")
-        if self.num_workers < 0:
-            bad("num_workers", "must be >= 0")
-        object.__setattr__(self, "precision", Precision(self.precision))
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["precision"] = self.precision.value
-        d["betas"] = list(self.betas)
-        return d
 
 
 # Fields that may change between a run and its resumption without changing the trajectory.

@@ -105,7 +105,7 @@ def _interrupting(after_calls: int):
 
 
 def _cfg(**kw) -> TrainConfig:
-    return TrainConfig(**(dict(lr=2e-2, epochs=3, batch_size=8, micro_batch=4, warmup_steps=2, seed=11,
+    return TrainConfig(**(dict(lr=2e-2, epochs=3, batch_size=8, micro_batch=4, warmup_steps=2, seed=11, grad_clip=None,
                                checkpoint_every=2, progress=False) | kw))
 
 

@@ -25,7 +25,7 @@ from sevila.train import (  # noqa: E402
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(lr=1e-2, epochs=1, batch_size=8, micro_batch=2, seed=3, progress=False)
+    base = dict(lr=1e-2, epochs=1, batch_size=8, micro_batch=2, grad_clip=None, seed=3, progress=False)
     return TrainConfig(**(base | kw))
 
 
