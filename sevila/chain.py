@@ -47,7 +47,8 @@ def device_of(cfg: Config) -> torch.device:
 def load_model(cfg: Config, localizer: LocalizerId = LocalizerId.BACKBONE,
                answerer: AnswererId = AnswererId.ZERO_SHOT, round_: int | None = None):
     """The backbone from `model.weights` with the asked-for Localizer and Answerer laid over it, frozen, eval."""
-    from sevila.checkpoints import load_for_inference, load_sevila
+    from sevila.checkpoints import load_sevila
+    from sevila.loading import load_for_inference
 
     model, reports = load_for_inference(cfg.model.weights, cfg.model.backbone)
     if LocalizerId(localizer) is not LocalizerId.BACKBONE:

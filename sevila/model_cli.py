@@ -125,7 +125,7 @@ def _load(args: argparse.Namespace):
     """(model on its device, cache or None) from the shared arguments; reports of what was loaded go to stderr."""
     import torch
 
-    from sevila.checkpoints import LavisLayout, load_for_inference
+    from sevila.loading import LavisLayout, load_for_inference
     from sevila.features import FeatureCache
 
     model, reports = load_for_inference(args.weights, args.backbone, layout=LavisLayout(args.layout))
@@ -139,7 +139,7 @@ def _load(args: argparse.Namespace):
 
 def answer_command(args: argparse.Namespace) -> int:
     from sevila import prompts, viz
-    from sevila.checkpoints import CheckpointError
+    from sevila.checkpoint_io import CheckpointError
     from sevila.data.video import VideoError, read_frames
     from sevila.features import answer_video
 
@@ -183,7 +183,7 @@ def answer_command(args: argparse.Namespace) -> int:
 
 
 def localize_command(args: argparse.Namespace) -> int:
-    from sevila.checkpoints import CheckpointError
+    from sevila.checkpoint_io import CheckpointError
     from sevila.data.video import VideoError
     from sevila.features import score_frames
 

@@ -54,11 +54,9 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
-# Checkpoint I/O lives in sevila/checkpoints.py (shared with model checkpoints); re-exported here for callers of
-# the training loop.
-from .checkpoints import (  # noqa: F401
-    CHECKPOINT_FORMAT, META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, LoadReport, _modules_of,
-    load_state_file, load_weights, load_weights_file, recover_dir, trainable_state, write_checkpoint_dir,
+from .checkpoint_io import (
+    CHECKPOINT_FORMAT, STATE_FILE, CheckpointError, load_state_file, load_weights, modules_of, recover_dir,
+    trainable_state, write_checkpoint_dir,
 )
 from .runlog import NullLogger, RunLogger
 from .settings import Precision, TrainConfig
@@ -398,7 +396,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
 
     def meta(at_step: int) -> dict[str, Any]:
         names = list(params)
-        return {"format": CHECKPOINT_FORMAT, "step": at_step, "total_steps": total, "modules": _modules_of(names),
+        return {"format": CHECKPOINT_FORMAT, "step": at_step, "total_steps": total, "modules": modules_of(names),
                 "n_trainable_tensors": len(names), "n_trainable_values": sum(p.numel() for p in trainable),
                 "config": cfg.to_dict(), "world_size": world}
 

@@ -15,11 +15,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sevila import prompts
-from sevila.checkpoints import (
-    PARTS, CheckpointError, CheckpointKind, LavisLayout, Numerics, build_from_blip2_dir, canonical_state,
-    detect_kind, load_blip2_weights, load_for_inference, load_into, load_lavis_checkpoint, load_sevila, read_header,
-    save_sevila, trainable_state, write_checkpoint_dir,
-)
+from sevila.checkpoint_io import CheckpointError, CheckpointKind, read_header, trainable_state, write_checkpoint_dir
+from sevila.checkpoints import PARTS, load_sevila, save_sevila
+from sevila.loading import detect_kind, load_for_inference
+from sevila.weights import canonical_state
+from sevila.weights_hf import Numerics, build_from_blip2_dir
+from sevila.weights_lavis import LavisLayout, load_lavis_checkpoint
 from sevila.tokenizer import prefix_ids, tokenize_prompts
 
 from .conftest import QUESTIONS
@@ -375,7 +376,7 @@ def test_localizer_only_official_checkpoint(tmp_path, model_factory, batch):
     torch.save({"model": to_lavis(src, answerer=False, backbone=False)}, path)
     dst = model_factory(seed=4)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
-    report = load_into(dst, path)
+    report = load_lavis_checkpoint(dst, path)
     assert report.set_parts == ("localizer",) and report.untouched == ("vision", "t5", "answerer")
     assert state_equal(dst, src, "localizer.")
     assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items() if not k.startswith("localizer."))
