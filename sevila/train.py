@@ -18,6 +18,9 @@ Read top to bottom like a nanoGPT / torchtune recipe: no callbacks. A stage hand
 - `torchrun` / DDP: with WORLD_SIZE > 1 in the environment the loop joins the process group, splits each global
   batch across ranks and averages gradients with DDP; only rank 0 writes checkpoints and logs.
 - bf16 autocast where the hardware has it (`Precision`).
+- A stop condition, as nanoGPT's and torchtune's loops have one: `should_stop(step, metrics)` is asked after
+  every evaluation; True ends the run there, with `last/` written at that step and marked stopped, so a rerun on
+  the same `out_dir` returns the stopped run instead of training on (a curriculum phase that reached its gate).
 
 Checkpoint layout (a directory, published in one rename):
   trainable.safetensors  the parameters with requires_grad (the frozen backbone is never copied), with
@@ -88,6 +91,7 @@ class TrainResult:
     best_value: float | None
     best_step: int | None
     resumed_from: int | None = None  # the step of the checkpoint this call started from, if any
+    stopped: bool = False  # should_stop ended the run at `step` (before total_steps, or at it)
     final_metrics: dict[str, float] = field(default_factory=dict)  # the last eval_fn result
 
 
@@ -265,6 +269,7 @@ def train(model: nn.Module, dataset: Any, loss_fn: Callable[[nn.Module, Any], to
           out_dir: str | Path, collate_fn: Callable[[list], Any] | None = None,
           logger: RunLogger | None = None,
           eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+          should_stop: Callable[[int, Mapping[str, float]], bool] | None = None,
           best_metric: str | None = None, best_goal: Goal = Goal.MAX, resume: bool = True,
           device: str | torch.device | None = None) -> TrainResult:
     """Train `model`'s parameters that have requires_grad on `dataset` (anything with len and [i]).
@@ -273,6 +278,10 @@ def train(model: nn.Module, dataset: Any, loss_fn: Callable[[nn.Module, Any], to
     the update equals one step on the global batch. `eval_fn(model)` (model in eval mode, under no_grad, run on
     rank 0 with the RNGs saved and restored around it, so evaluating never changes the training trajectory)
     returns metrics; `best/` keeps the weights with the best `best_metric` by `best_goal`.
+    `should_stop(step, metrics)`, asked after each evaluation (every `eval_every` steps and at the end) with the
+    step just done and eval_fn's metrics, ends training when it returns True: the model then holds the weights
+    of that step, `last/` is written there and marked stopped, and the result says `stopped`. Rerunning a stopped
+    run returns it as it stopped (never trains on). Under DDP every rank asks it with the same metrics.
 
     Files go to `out_dir/last/` and `out_dir/best/`. With `resume` and an existing `out_dir/last/`, training
     continues from it (its config must match `cfg` in every field that affects the trajectory); without
@@ -286,19 +295,21 @@ def train(model: nn.Module, dataset: Any, loss_fn: Callable[[nn.Module, Any], to
     logger = logger or NullLogger()
     if best_metric is not None and eval_fn is None:
         raise ValueError("best_metric needs an eval_fn to compute it")
+    if should_stop is not None and eval_fn is None:
+        raise ValueError("should_stop is asked after each evaluation: it needs an eval_fn")
     best_goal = Goal(best_goal)
     out_dir = Path(out_dir)
     ddp_env = _setup_distributed()
     try:
         return _train(model, dataset, loss_fn, cfg, out_dir, collate_fn or default_collate, logger, eval_fn,
-                      best_metric, best_goal, resume, device, ddp_env)
+                      should_stop, best_metric, best_goal, resume, device, ddp_env)
     finally:
         if ddp_env.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn, logger: RunLogger, eval_fn,
-           best_metric, best_goal: Goal, resume: bool, device, env: _Dist) -> TrainResult:
+           should_stop, best_metric, best_goal: Goal, resume: bool, device, env: _Dist) -> TrainResult:
     world, rank = env.world_size, env.rank
     if cfg.batch_size % (cfg.micro_batch * world):
         raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be a multiple of micro_batch="
@@ -334,6 +345,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
     best_step: int | None = None
     final_metrics: dict[str, float] = {}
     resumed_from = None
+    stopped = False
     if last_dir.exists():
         if not resume:
             raise FileExistsError(f"{last_dir} exists and resume=False: choose another out_dir or delete it")
@@ -342,6 +354,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
         history = [dict(h) for h in state["history"]]
         best_value, best_step = state["best_value"], state["best_step"]
         final_metrics = dict(state["final_metrics"])
+        stopped = bool(state.get("stopped", False))
         rngs = state["rng"]
         if len(rngs) == world:
             set_rng_state(rngs[rank])
@@ -350,7 +363,8 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
                         "match an uninterrupted one bit for bit", last_dir, len(rngs), world)
             seed_everything(cfg.seed + 7919 * step + rank)
         resumed_from = step
-        log.info("resuming from %s at step %d/%d (epoch %d, position %d)", last_dir, step, total, epoch, pos)
+        log.info("resuming at step %d/%d from %s (epoch %d, position %d)%s", step, total, last_dir, epoch, pos,
+                 ": the run stopped there (should_stop), nothing left to train" if stopped else "")
     else:
         seed_everything(cfg.seed + rank)  # ranks draw different dropout masks, as separate machines would
     if env.main:
@@ -412,14 +426,15 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
         state = {"format": CHECKPOINT_FORMAT, "step": step, "epoch": e, "position": p, "total_steps": total,
                  "config": cfg.to_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,
                  "history": history, "best_value": best_value, "best_step": best_step,
-                 "final_metrics": final_metrics, "world_size": world}
-        m = meta(step) | {"epoch": e, "position": p, "best_value": best_value, "best_step": best_step}
+                 "final_metrics": final_metrics, "stopped": stopped, "world_size": world}
+        m = meta(step) | {"epoch": e, "position": p, "best_value": best_value, "best_step": best_step,
+                          "stopped": stopped}
         write_checkpoint_dir(last_dir, params, m, state)
 
     show = cfg.progress and env.main and sys.stderr.isatty()
     model.train()
     epoch_bar = tqdm(total=cfg.epochs, initial=epoch, desc="epochs", disable=not show, position=0)
-    while step < total:
+    while step < total and not stopped:
         if pos >= per_epoch:
             epoch, pos = epoch + 1, 0
             epoch_bar.update(1)
@@ -431,7 +446,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
         batches = iter(loader)
         step_bar = tqdm(total=min(per_epoch, pos + total - step), initial=pos, desc=f"epoch {epoch}",
                         disable=not show, leave=False, position=1)
-        while pos < per_epoch and step < total:
+        while pos < per_epoch and step < total and not stopped:
             lr = lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -471,7 +486,10 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
                     if env.main:
                         write_checkpoint_dir(best_dir, params, meta(step) | {
                             "best_metric": best_metric, "best_goal": best_goal.value, "best_value": best_value})
-            if step % cfg.checkpoint_every == 0 or step == total:
+                stopped = should_stop is not None and bool(should_stop(step, final_metrics))
+                if stopped:
+                    log.info("should_stop ended training at step %d/%d: %s", step, total, final_metrics)
+            if step % cfg.checkpoint_every == 0 or step == total or stopped:
                 save_last()
         step_bar.close()
     if pos >= per_epoch:
@@ -483,7 +501,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
                        last_checkpoint=last_dir if last_dir.exists() else None,
                        best_checkpoint=best_dir if best_step is not None and best_dir.exists() else None,
                        best_value=best_value, best_step=best_step, resumed_from=resumed_from,
-                       final_metrics=final_metrics)
+                       stopped=stopped, final_metrics=final_metrics)
 
 
 def _load_for_resume(model: nn.Module, optimizer: torch.optim.Optimizer, last_dir: Path,
