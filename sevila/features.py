@@ -35,6 +35,7 @@ from sevila.data.video import (
     Backend, BadVideoPolicy, FrameSample, SkipLog, VideoError, VideoNotFound, read_frames, resolve_video_path,
 )
 from sevila.io import atomic_path
+from sevila.settings import Fusion, Selector
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +381,6 @@ def answer_video(model, video_path: str | Path, question: str | None, options: S
                  cache: FeatureCache | None = None, sample: FrameSample | None = None) -> VideoAnswer:
     """SeViLA on one video (paper §3.1 forward chain): the Localizer picks `n_keyframes` of `n_frames` uniformly
     sampled frames, the Answerer reads them together and picks an option. `question=None` means VLEP."""
-    from sevila.selection import Fusion, Selector  # noqa: PLC0415
-
     if not 1 <= n_keyframes <= n_frames:
         raise ValueError(f"need 1 <= keyframes <= frames, got {n_keyframes} of {n_frames}")
     qa_prompt, loc_prompt = prompts.qa_prompts(question, options)
