@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformers import Blip2Config, Blip2ForConditionalGeneration, T5Config
 
 from sevila import prompts
 from sevila.checkpoint_io import CheckpointError, CheckpointKind, read_header, trainable_state, write_checkpoint_dir
@@ -163,8 +164,6 @@ def test_detect_kind(tmp_path, model_factory):
 
 def _tiny_blip2(vocab: int):
     """An HF Blip2ForConditionalGeneration with sevila_tiny's shapes and a Flan-T5-style (unscaled) T5."""
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, T5Config
-
     text = T5Config(vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
                     relative_attention_num_buckets=8, relative_attention_max_distance=32,
                     feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
