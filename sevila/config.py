@@ -114,19 +114,20 @@ class VariantConfig:
     selector: Selector = Selector.LOCALIZER
     fusion: Fusion = Fusion.CONCAT
     n_frames: int = 32
-    n_keyframes: int = 4  # read by the selectors that pick keyframes (uniform, localizer)
+    # read by the selectors that pick keyframes (uniform, localizer); <= n_frames always, as the MLflow tags need
+    n_keyframes: int = 4
     localizer: LocalizerId = LocalizerId.QVH_SR
     answerer: AnswererId = AnswererId.FINETUNED
 
     def __post_init__(self) -> None:
-        check_frames(self.n_frames, self.n_keyframes if Selector(self.selector).uses_keyframes else None)
+        check_frames(self.n_frames, self.n_keyframes)
 
 
-def check_frames(n_frames: int, n_keyframes: int | None) -> None:
+def check_frames(n_frames: int, n_keyframes: int) -> None:
     """n keyframes out of N candidate frames needs 1 <= n <= N (0 is never "the default": DESIGN.md §3)."""
     if n_frames < 1:
         raise InvalidSetting("n_frames", n_frames, "must be >= 1")
-    if n_keyframes is not None and not 1 <= n_keyframes <= n_frames:
+    if not 1 <= n_keyframes <= n_frames:
         raise InvalidSetting("n_keyframes", n_keyframes, f"must be between 1 and n_frames={n_frames}")
 
 

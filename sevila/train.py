@@ -39,7 +39,6 @@ LAVIS does with `disabled_train`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import logging
 import math

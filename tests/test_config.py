@@ -2,6 +2,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 import sevila.train
 from sevila import config, selection, settings, tracking
@@ -12,9 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_repo_params_load_with_types():
     cfg = load_config(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
     assert isinstance(cfg, Config)
-    assert isinstance(cfg.world.videos, int) and cfg.world.videos > 0
-    assert cfg.prepare.bad_video in set(BadVideoPolicyName)
+    assert type(cfg.world.videos) is int and cfg.world.videos == raw["world"]["videos"]
+    assert cfg.prepare.bad_video is BadVideoPolicyName(raw["prepare"]["bad_video"])
     assert cfg.prepare.splits == ("train", "val", "test")
 
 
@@ -80,11 +82,10 @@ def test_train_blocks_set_every_field_of_the_one_train_config(tmp_path):
 
 def test_variant_modes_are_the_selection_enums(tmp_path):
     p = tmp_path / "params.yaml"
-    p.write_text("evaluate:\n  variants:\n    v: {study: baseline, selector: all, fusion: vote, n_frames: 2}\n")
+    p.write_text("evaluate:\n  variants:\n    v: {study: baseline, selector: all, fusion: vote, n_frames: 8}\n")
     v = load_config(p).evaluate.variants["v"]
     assert v.selector is selection.Selector.ALL and v.fusion is selection.Fusion.VOTE
-    # n_keyframes (default 4) only binds the selectors that pick keyframes: `all` reads both frames
-    assert v.n_keyframes == 4 and v.n_frames == 2
+    assert not v.selector.uses_keyframes and selection.Selector.UNIFORM.uses_keyframes
 
 
 def test_one_home_per_setting():

@@ -71,7 +71,17 @@ def variant_metrics(v: VariantConfig, rows: list[dict], records: dict, timestamp
     return metrics
 
 
+def variant_tags(cfg: Config, name: str, v: VariantConfig) -> tracking.RunTags:
+    """The variant's MLflow pivot tags (checked on construction, so a bad variant fails before anything runs)."""
+    uses_loc = v.selector is Selector.LOCALIZER
+    return tracking.RunTags(variant=name, study=v.study, selector=v.selector, fusion=v.fusion, n_frames=v.n_frames,
+                            n_keyframes=v.n_keyframes, loc_pretrain=v.localizer.pretrained if uses_loc else None,
+                            loc_refine=v.localizer.refined if uses_loc else None, answerer=v.answerer.value,
+                            round=cfg.round, dvc_stage=f"evaluate@{name}")
+
+
 def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, model=None) -> dict:
+    tags = variant_tags(cfg, name, v)
     model = model or load_model(cfg, localizer=v.localizer, answerer=v.answerer)
     skipped = SkipLog()
     rows, timestamps = [], {}
@@ -85,11 +95,6 @@ def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, mo
     atomic_write_json(out / "metrics.json", metrics)
     if len(skipped):
         skipped.write(out / "skipped.json")
-    uses_loc = v.selector is Selector.LOCALIZER
-    tags = tracking.RunTags(variant=name, study=v.study, selector=v.selector, fusion=v.fusion, n_frames=v.n_frames,
-                            n_keyframes=v.n_keyframes, loc_pretrain=v.localizer.pretrained if uses_loc else None,
-                            loc_refine=v.localizer.refined if uses_loc else None, answerer=v.answerer.value,
-                            round=cfg.round, dvc_stage=f"evaluate@{name}")
     with tracking.start_run(cfg.evaluate.dataset, tracking.Phase.EVALUATE, name, tags, to_dict(cfg)) as run_log:
         run_log.log_metrics({k: float(x) for k, x in metrics.items()})
         run_log.log_artifact(out)
@@ -102,6 +107,8 @@ def run(cfg: Config) -> dict:
     if unknown:
         raise ValueError(f"evaluate.only names unknown variants {sorted(unknown)}; known: {sorted(ev.variants)}")
     names = list(ev.only) or list(ev.variants)
+    for name in names:  # every variant checked before the first one writes
+        variant_tags(cfg, name, ev.variants[name])
     records = read_split(cfg, ev.split)
     return {name: evaluate_variant(cfg, name, ev.variants[name], records) for name in names}
 
