@@ -156,8 +156,8 @@ def content_digest(obj, sample_above: int | None = SAMPLE_ABOVE) -> str:
             h.update(f"<shared {seen[id(x)]}>".encode())
             return
         seen[id(x)] = len(seen)
+        h.update(f"tensor|{t.dtype}|{tuple(t.shape)}|".encode())
         t = t.detach().cpu().contiguous().reshape(-1)
-        h.update(f"tensor|{t.dtype}|{t.numel()}|".encode())
         if sample_above is not None and t.numel() > sample_above:
             h.update(repr(float(t.double().sum())).encode())
             t = t[:: max(1, t.numel() // SAMPLED)].contiguous()
