@@ -36,6 +36,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+from transformers.utils import logging as hf_logging
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -159,8 +161,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads (default 1: stable timings on a shared machine); the GEMM rate uses the same")
     args = ap.parse_args(argv)
 
-    from transformers.utils import logging as hf_logging
-
     hf_logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -229,8 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         ours_cold, ours_warm = elapsed["cold"], elapsed["warm"]
 
         # FLOPs of our path for one video (counted, not timed)
-        from torch.utils.flop_counter import FlopCounterMode
-
         v0, qs0 = next(iter(by_video.items()))
         sample = read_frames(videos[v0], args.n_frames, size=config.image_size)
         with FlopCounterMode(display=False) as fc:

@@ -70,7 +70,6 @@ from sevila.data import synth
 from sevila.data.records import QARecord, read_records
 from sevila.data.video import frame_labels, read_frames, resolve_video_path
 from sevila.model import EncoderInputs, SeViLA, SeViLAConfig, sevila_tiny
-from sevila.runlog import NullLogger
 from sevila.tokenizer import build_tiny_tokenizer, load_tokenizer, tokenize_prompts
 from sevila.train import TrainConfig, train
 
@@ -139,7 +138,7 @@ class Gate:
 class Phase:
     """A curriculum phase: up to `steps` optimizer steps whose examples cycle through `mix` (a task listed twice
     gets twice the share). With a `gate` the phase is checked every `gate_every` steps and ends as soon as the gate
-    opens (see GateOpen): how long a small transformer sits on the matching plateau varies from seed to seed, so a
+    opens (`gate_check`): how long a small transformer sits on the matching plateau varies from seed to seed, so a
     fixed length either wastes minutes or moves on before the circuit exists. Gated phases keep a constant learning
     rate (a cosine decay would starve a plateau that has not broken yet); an ungated phase decays."""
 
@@ -259,7 +258,7 @@ def slot_words(meta: Mapping[str, Any], t: float) -> tuple[str, ...]:
     `small <colour> <shape> .` for the first small object on screen outside it, `grey background .` on an empty
     frame. Read from the same metadata the renderer draws (`synth.visible_objects`)."""
     objects = synth.visible_objects(dict(meta), t)
-    if synth._in_event(dict(meta), t):
+    if synth.in_event(dict(meta), t):
         return ("big", objects[0]["colour"], objects[0]["shape"], ".")
     if objects:
         return ("small", objects[0]["colour"], objects[0]["shape"], ".")
@@ -527,7 +526,7 @@ def slot_ids(model: SeViLA, slots: Sequence[tuple[str, ...]]) -> torch.Tensor:
 def text_inputs(model: SeViLA, texts: Sequence[str]) -> EncoderInputs:
     """Text prompts as T5 encoder inputs (no visual tokens; the frame is written in the text)."""
     text = tokenize_prompts(model.tokenizer, texts, TEXT_MAX_LEN)
-    return EncoderInputs(embeds=model._embed(text.ids), mask=text.mask, truncated=text.truncated, visual_len=0)
+    return EncoderInputs(embeds=model.embed(text.ids), mask=text.mask, truncated=text.truncated, visual_len=0)
 
 
 def ground_logits(model: SeViLA, queries: torch.Tensor) -> torch.Tensor:
@@ -574,7 +573,7 @@ class BootstrapLoss:
                                                     [e.prompt for e in exs])
                 else:
                     inputs = text_inputs(model, [e.prompt for e in exs])
-                total = total + model._lm_loss(inputs, [e.target for e in exs]) * len(exs)
+                total = total + model.lm_loss(inputs, [e.target for e in exs]) * len(exs)
             if task.uses_frame:
                 start += len(exs)
         return total / len(batch)
@@ -602,19 +601,19 @@ def choice_accuracy(model: SeViLA, examples: Sequence[Example], pixels: torch.Te
         else:
             inputs = text_inputs(model, [e.prompt for e in chunk])
         n_opt = torch.tensor([e.prompt.count("Option ") for e in chunk])
-        correct += int((model._option_logits(inputs, n_opt).argmax(1) == _gold_letters(chunk)).sum())
+        correct += int((model.option_logits(inputs, n_opt).argmax(1) == _gold_letters(chunk)).sum())
     return correct / max(1, len(examples))
 
 
 @torch.no_grad()
 def yes_no_accuracy(model: SeViLA, examples: Sequence[Example], batch: int = 256) -> float:
     """Share of YES_NO examples whose first decoder step puts `yes` above `no` exactly when the target is `yes`."""
-    _, ids = model._need_tokenizer()
+    _, ids = model.require_tokenizer()
     correct = 0
     for i in range(0, len(examples), batch):
         chunk = examples[i:i + batch]
         inputs = text_inputs(model, [e.prompt for e in chunk])
-        first = model._decode(inputs, model._start_ids(len(chunk)))[:, 0, :]  # [n, V]
+        first = model.decode(inputs, model.start_ids(len(chunk)))[:, 0, :]  # [n, V]
         said_yes = first[:, ids.yes] > first[:, ids.no]
         correct += int((said_yes == torch.tensor([e.target == prompts.YES for e in chunk])).sum())
     return correct / max(1, len(examples))
@@ -652,34 +651,16 @@ def single_frame_accuracy(model: SeViLA, table: FrameTable, records: Sequence[QA
         "n_event_frames": float(hits["event"][1]), "n_outside_frames": float(hits["outside"][1])}
 
 
-class GateOpen(Exception):
-    """Ends a gated phase's `train` call early. The training loop has no early stop (one loop for every stage),
-    so the gate runs as its `eval_fn` and raises this; the weights in memory are then exactly the ones that passed
-    the gate. `train` has written `last/` one chunk earlier, so an interrupted bootstrap resumes there and, its
-    data order being fixed, reaches the gate at the same step again."""
+def gate_check(phase: Phase):
+    """`should_stop` of one phase's `train` call, asked after each held-out evaluation: logs the figures and ends
+    the phase once its gate is open (never for an ungated phase). `train` then keeps exactly the weights that
+    passed and marks the phase's `last/` stopped, so a rerun of an interrupted bootstrap skips a finished phase."""
 
-    def __init__(self, phase: str, step: int, metrics: Mapping[str, float]) -> None:
-        super().__init__(f"phase {phase}: gate open at step {step}")
-        self.step, self.metrics = step, dict(metrics)
+    def should_stop(step: int, metrics: Mapping[str, float]) -> bool:
+        log.info("bootstrap %s step %d: %s", phase.name, step, {k: round(v, 3) for k, v in metrics.items()})
+        return phase.gate is not None and metrics[phase.gate.metric] >= phase.gate.threshold
 
-
-class _GateCheck(NullLogger):
-    """eval_fn (and logger) of one phase's `train` call: evaluates, logs, and opens the phase's gate (raises
-    GateOpen) once it is reached. As the logger it sees the loop's step, so a resumed phase counts right."""
-
-    def __init__(self, phase: Phase, evaluate) -> None:
-        self.phase, self.evaluate, self.step = phase, evaluate, 0
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self.step = max(self.step, int(step))
-
-    def __call__(self, model: SeViLA) -> dict[str, float]:
-        metrics = self.evaluate(model)
-        log.info("bootstrap %s step %d: %s", self.phase.name, self.step, {k: round(v, 3) for k, v in metrics.items()})
-        gate = self.phase.gate
-        if gate is not None and metrics[gate.metric] >= gate.threshold:
-            raise GateOpen(self.phase.name, self.step, metrics)
-        return metrics
+    return should_stop
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -809,7 +790,6 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     for k, phase in enumerate(phases):
         t_phase = time.perf_counter()
         names = ([phase.gate.metric] if phase.gate else []) + (["ground_event_acc"] if phase.uses_frames else [])
-        check = _GateCheck(phase, lambda m, names=names: held(m, names))
         cfg = TrainConfig(lr=phase.lr or s.lr, epochs=1, batch_size=s.batch_size, micro_batch=s.batch_size,
                           weight_decay=s.weight_decay,
                           warmup_steps=min(s.warmup_steps if k == 0 else s.phase_warmup_steps, phase.steps),
@@ -817,12 +797,10 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
                           checkpoint_every=s.gate_every, eval_every=s.gate_every, seed=s.seed + k, progress=progress)
         data = PhaseData(phase, phase.steps * s.batch_size, s.seed, pools)
         model.t5.requires_grad_(phase.train_t5)
-        try:
-            result = train(model, data, loss_fn, cfg, work / run_id / f"{k}_{phase.name}", collate_fn=collate_examples,
-                           eval_fn=check, logger=check, device="cpu")
-            steps, metrics, gate_open = result.step, result.final_metrics, phase.gate is None
-        except GateOpen as opened:
-            steps, metrics, gate_open = opened.step, opened.metrics, True
+        result = train(model, data, loss_fn, cfg, work / run_id / f"{k}_{phase.name}", collate_fn=collate_examples,
+                       eval_fn=lambda m, names=names: held(m, names), should_stop=gate_check(phase), device="cpu")
+        steps, metrics = result.step, result.final_metrics
+        gate_open = phase.gate is None or result.stopped
         done += steps
         if not gate_open:
             log.warning("bootstrap phase %s used all %d steps without reaching %s >= %.2f (%.3f)", phase.name,

@@ -7,15 +7,27 @@ reported (the official code's hard-coded path silently overwrote the pre-trained
 """
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import logging
+import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
-from sevila.config import AnswererId, Config, LocalizerId
+from sevila.checkpoint_io import trainable_state
+from sevila.checkpoints import load_sevila, save_sevila
+from sevila.config import Config, to_dict
 from sevila.data.records import QARecord, Record, read_records
 from sevila.data.video import BadVideoPolicy, SkipLog
+from sevila.features import FeatureCache, iter_clip_features
+from sevila.loading import load_for_inference
+from sevila.prompts import qa_prompts
+from sevila.settings import AnswererId, LocalizerId, TrainConfig
+from sevila.train import train
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +58,6 @@ def device_of(cfg: Config) -> torch.device:
 def load_model(cfg: Config, localizer: LocalizerId = LocalizerId.BACKBONE,
                answerer: AnswererId = AnswererId.ZERO_SHOT, round_: int | None = None):
     """The backbone from `model.weights` with the asked-for Localizer and Answerer laid over it, frozen, eval."""
-    from sevila.checkpoints import load_for_inference, load_sevila
-
     model, reports = load_for_inference(cfg.model.weights, cfg.model.backbone)
     if LocalizerId(localizer) is not LocalizerId.BACKBONE:
         reports.append(load_sevila(localizer_dir(cfg, localizer, round_), model)[1])
@@ -68,47 +78,112 @@ def clip_features(cfg: Config, model, records: Sequence[Record], n_frames: int |
                   skip_log: SkipLog | None = None):
     """Cached ViT features per clip (one decode and one ViT pass per video and window, shared by every question,
     module, variant and round). Bad videos follow `frames.bad_video`: fail, or skip and write them down."""
-    from sevila.features import FeatureCache, iter_clip_features
-
     cache = FeatureCache(cfg.frames.cache, model)
     policy = BadVideoPolicy(cfg.frames.bad_video.value)
     videos = Path(cfg.paths.world) / "videos"
-    return list(iter_clip_features(cache, records, videos, n_frames or cfg.frames.n_frames, policy=policy,
+    n_frames = cfg.frames.n_frames if n_frames is None else n_frames  # 0 is an error downstream, never "default"
+    return list(iter_clip_features(cache, records, videos, n_frames, policy=policy,
                                    skip_log=skip_log if skip_log is not None else SkipLog()))
 
 
 def qa_prompt_pair(rec: QARecord) -> tuple[str, str]:
     """(Answerer prompt, Localizer prompt) of a record, VLEP's question-less form included (DESIGN.md §2)."""
-    from sevila.prompts import qa_prompts
-
     return qa_prompts(rec.question, rec.options)
 
 
-def fit_module(cfg: Config, model, module: str, items: list, loss_fn, stage: str, settings, out_dir: Path,
-               logger=None, eval_fn=None) -> dict:
+def fit_module(cfg: Config, model, module: str, items: list, loss_fn, stage: str, settings: TrainConfig,
+               out_dir: Path, logger=None, eval_fn=None) -> dict:
     """Train one module (`localizer` or `answerer`) with the shared loop, then save it alone to `out_dir`.
 
-    Training state (resumable after an interruption) lives under runs/train/<stage>-<hash of settings>, so the
-    same run resumes while changed settings start afresh; the published checkpoint holds and names one module."""
-    import dataclasses
-    import hashlib
-    import json
-
-    from sevila.checkpoints import save_sevila
-    from sevila.config import to_dict
-    from sevila.train import TrainConfig, train
-
+    Training state (resumable after an interruption) lives under runs/train/<stage>-<resume_key>: the same run
+    resumes ("resuming at step N" in the log), while a run that reads anything different starts afresh; the
+    published checkpoint holds and names one module."""
     model.set_trainable(**{module: True})
-    tc = TrainConfig(**{f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)})
-    digest = hashlib.sha256(json.dumps([to_dict(settings), len(items), str(out_dir)]).encode()).hexdigest()[:10]
-    work = Path(cfg.paths.runs) / "train" / f"{stage}-{digest}"
-    result = train(model, items, loss_fn, tc, work, collate_fn=list, logger=logger, eval_fn=eval_fn,
+    work = Path(cfg.paths.runs) / "train" / f"{stage}-{resume_key(cfg, model, items, loss_fn, settings, out_dir)}"
+    result = train(model, items, loss_fn, settings, work, collate_fn=list, logger=logger, eval_fn=eval_fn,
                    device=device_of(cfg))
     model.set_trainable(**{module: False})
     save_sevila(model, out_dir, modules=(module,), step=result.step, run_config=to_dict(cfg))
     losses = [h["loss"] for h in result.history if "loss" in h]
     return {"steps": result.step, "final_loss": losses[-1] if losses else float("nan"),
             "first_loss": losses[0] if losses else float("nan")}
+
+
+#: Code a training run's trajectory depends on besides the stage's own module (its loss function): the model, the
+#: loop, the prompt texts and their tokenisation.
+TRAINING_CODE = ("sevila.model", "sevila.train", "sevila.prompts", "sevila.tokenizer")
+
+
+def resume_key(cfg: Config, model, items: Sequence, loss_fn, settings: TrainConfig, out_dir: Path) -> str:
+    """Names a training run by everything it reads, so its saved state is picked up again only by the same run:
+    the training settings and output folder; the training items (features, prompts, labels: `content_digest`);
+    the starting weights of the module that trains (every value) and the files of the frozen backbone (path, size
+    and mtime of each: re-hashing a multi-GB ViT/T5 per stage is not cheap, and a rewritten file starts afresh);
+    and the source of the code that computes the loss (the loss function's module and TRAINING_CODE)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"train": settings.to_dict(), "out": str(out_dir)}, sort_keys=True).encode())
+    h.update(content_digest(items).encode())
+    h.update(content_digest(dict(trainable_state(model)), sample_above=None).encode())
+    for root in (cfg.model.weights, cfg.model.backbone):
+        if root is not None:
+            h.update(json.dumps(_file_identity(Path(root))).encode())
+    for name in sorted({loss_fn.__module__, *TRAINING_CODE}):
+        h.update(Path(inspect.getsourcefile(sys.modules[name])).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _file_identity(root: Path) -> list:
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    return [[str(p.relative_to(root) if root.is_dir() else p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+#: Tensors with more values than this are fingerprinted (dtype, shape, sum, a strided sample of SAMPLED values)
+#: rather than hashed whole: cached ViT features are a deterministic function of video, frames and ViT, so a change
+#: of any of those changes every value, and hashing all of a real training set's features would take minutes.
+SAMPLE_ABOVE = 1 << 16
+SAMPLED = 4096
+
+
+def content_digest(obj, sample_above: int | None = SAMPLE_ABOVE) -> str:
+    """A digest of nested items (mappings, sequences, tensors, arrays, strings, numbers). A tensor shared by several
+    items (one clip's features, read by each of its questions) is digested once. Unknown types are an error rather
+    than silently left out of the key."""
+    h = hashlib.sha256()
+    seen: dict[int, int] = {}  # id of a tensor/array of `obj` (alive while obj is) -> its first position
+
+    def tensor(x, t: torch.Tensor) -> None:
+        if id(x) in seen:
+            h.update(f"<shared {seen[id(x)]}>".encode())
+            return
+        seen[id(x)] = len(seen)
+        h.update(f"tensor|{t.dtype}|{tuple(t.shape)}|".encode())
+        t = t.detach().cpu().contiguous().reshape(-1)
+        if sample_above is not None and t.numel() > sample_above:
+            h.update(repr(float(t.double().sum())).encode())
+            t = t[:: max(1, t.numel() // SAMPLED)].contiguous()
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+    def visit(x) -> None:
+        if isinstance(x, torch.Tensor):
+            tensor(x, x)
+        elif isinstance(x, np.ndarray):
+            tensor(x, torch.from_numpy(np.ascontiguousarray(x)))
+        elif isinstance(x, Mapping):
+            h.update(f"map|{len(x)}|".encode())
+            for k in sorted(x, key=str):
+                h.update(f"{k!s}=".encode())
+                visit(x[k])
+        elif isinstance(x, (list, tuple)):
+            h.update(f"seq|{len(x)}|".encode())
+            for v in x:
+                visit(v)
+        elif x is None or isinstance(x, (str, int, float, bool, np.generic)):
+            h.update(f"{type(x).__name__}|{x!r}|".encode())
+        else:
+            raise TypeError(f"content_digest: cannot digest a {type(x).__name__}")
+
+    visit(obj)
+    return h.hexdigest()
 
 
 def stack(batch: list, key: str) -> torch.Tensor:

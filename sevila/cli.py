@@ -49,10 +49,7 @@ _PATH_ERRORS: tuple[type[Exception], ...] = (FileNotFoundError, IsADirectoryErro
 #: user errors of modules that do not derive them from UserError: (module, class); looked up only in modules
 #: already imported, since an exception of a module never imported cannot have been raised (keeps `sevila
 #: convert` free of torch)
-_FOREIGN_USER_ERRORS: tuple[tuple[str, str], ...] = (("sevila.config", "ConfigError"),
-                                                     ("sevila.checkpoints", "CheckpointError"),
-                                                     ("sevila.checkpoint_io", "CheckpointError"),  # after the split
-                                                     ("yaml", "YAMLError"),  # a settings file that is not YAML
+_FOREIGN_USER_ERRORS: tuple[tuple[str, str], ...] = (("yaml", "YAMLError"),  # a settings file that is not YAML
                                                      ("sevila.stages.validate", "ValidationFailed"))  # bad data
 
 

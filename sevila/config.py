@@ -16,8 +16,13 @@ from typing import Any
 
 import yaml
 
+from sevila.errors import UserError
+from sevila.settings import (  # noqa: F401 - re-exported: the typed settings a Config holds
+    AnswererId, FrameSelection, Fusion, InvalidSetting, LocalizerId, Precision, Selector, TrainConfig,
+)
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A setting is missing, unknown or of the wrong type; the message names the dotted key."""
 
 
@@ -58,36 +63,6 @@ class ValidateConfig:
     fail_on_error: bool = True
 
 
-class LocalizerId(str, enum.Enum):
-    """Which Localizer a stage or variant uses; the names are the variant-name suffixes (DESIGN.md §3)."""
-
-    BACKBONE = "none"  # the backbone's own Q-Former (BLIP-2's): no pre-training, no self-refinement
-    QVH = "qvh"  # pre-trained on moment labels (paper §3.3)
-    SR = "sr"  # self-refined from the backbone's Q-Former (paper §3.2)
-    QVH_SR = "qvh_sr"  # pre-trained, then self-refined
-
-    @property
-    def pretrained(self) -> bool:
-        return self in (LocalizerId.QVH, LocalizerId.QVH_SR)
-
-    @property
-    def refined(self) -> bool:
-        return self in (LocalizerId.SR, LocalizerId.QVH_SR)
-
-
-class AnswererId(str, enum.Enum):
-    ZERO_SHOT = "zero_shot"  # the backbone's Q-Former in the Answerer slot
-    FINETUNED = "finetuned"  # fine-tuned on keyframes (forward chain, paper §3.1)
-
-
-class FrameSelection(str, enum.Enum):
-    """Frames the Answerer is fine-tuned on: the Localizer's keyframes (SeViLA) or the ablations' alternatives."""
-
-    LOCALIZER = "localizer"
-    UNIFORM = "uniform"
-    RANDOM = "random"
-
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Where the weights come from: our checkpoint (all parts), an HF BLIP-2 directory, or a LAVIS/SeViLA .pth
@@ -105,27 +80,13 @@ class FramesConfig:
     cache: str = "data/features"
     bad_video: BadVideoPolicyName = BadVideoPolicyName.FAIL
 
-
-@dataclass(frozen=True)
-class StageTrain:
-    """Training settings of one stage (mirrors sevila.train.TrainConfig; paper values for real runs in the docs)."""
-
-    lr: float = 1e-4
-    epochs: int = 1
-    batch_size: int = 16
-    micro_batch: int = 16
-    weight_decay: float = 0.05
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = 1.0
-    checkpoint_every: int = 200
-    eval_every: int | None = None
-    seed: int = 0
+    def __post_init__(self) -> None:
+        check_frames(self.n_frames, self.n_keyframes)
 
 
 @dataclass(frozen=True)
 class PretrainLocalizerConfig:
-    train: StageTrain = field(default_factory=StageTrain)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -136,28 +97,39 @@ class PseudoLabelConfig:
 @dataclass(frozen=True)
 class RefineConfig:
     starts: tuple[LocalizerId, ...] = (LocalizerId.BACKBONE, LocalizerId.QVH)  # -> sr, qvh_sr
-    train: StageTrain = field(default_factory=StageTrain)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     frames: FrameSelection = FrameSelection.LOCALIZER
     localizer: LocalizerId = LocalizerId.QVH_SR
-    train: StageTrain = field(default_factory=StageTrain)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 @dataclass(frozen=True)
 class VariantConfig:
-    """One evaluated configuration (a row of an ablation table). `selector`/`fusion` are sevila.selection's
-    typed modes, kept as their values here so config stays free of torch."""
+    """One evaluated configuration (a row of an ablation table)."""
 
     study: str
-    selector: str = "localizer"
-    fusion: str = "concat"
+    selector: Selector = Selector.LOCALIZER
+    fusion: Fusion = Fusion.CONCAT
     n_frames: int = 32
+    # read by the selectors that pick keyframes (uniform, localizer); <= n_frames always, as the MLflow tags need
     n_keyframes: int = 4
     localizer: LocalizerId = LocalizerId.QVH_SR
     answerer: AnswererId = AnswererId.FINETUNED
+
+    def __post_init__(self) -> None:
+        check_frames(self.n_frames, self.n_keyframes)
+
+
+def check_frames(n_frames: int, n_keyframes: int) -> None:
+    """n keyframes out of N candidate frames needs 1 <= n <= N (0 is never "the default": DESIGN.md §3)."""
+    if n_frames < 1:
+        raise InvalidSetting("n_frames", n_frames, "must be >= 1")
+    if not 1 <= n_keyframes <= n_frames:
+        raise InvalidSetting("n_keyframes", n_keyframes, f"must be between 1 and n_frames={n_frames}")
 
 
 @dataclass(frozen=True)
@@ -186,9 +158,41 @@ class Config:
     finetune_answerer: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
+    def __post_init__(self) -> None:
+        if self.round < 1:
+            raise InvalidSetting("round", self.round, "must be >= 1 (rounds count from 1, paper §3.2)")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping: PyYAML keeps the last one silently,
+    DVC (ruamel) rejects the file, so the two would disagree on what params.yaml says."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"{self.name}: line {line}: duplicate key {key!r} (first at line {seen[key]})")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file read safely (no tags that build objects), with duplicate keys rejected."""
+    path = Path(path)
+    loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    finally:
+        loader.dispose()
+
 
 def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     for item in overrides:
@@ -222,7 +226,11 @@ def build(cls: type, data: Any, where: str):
     if unknown:
         raise ConfigError(f"{where or '<root>'}: unknown setting(s) {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {k: _coerce(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except InvalidSetting as e:
+        key = f"{where}.{e.key}" if where else e.key
+        raise ConfigError(f"{key}: {e.value!r} {e.why}") from None
 
 
 def _coerce(tp: Any, value: Any, where: str):

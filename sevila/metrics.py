@@ -3,8 +3,6 @@
 - QA accuracy per benchmark, with each benchmark's official breakdown (`qa_metrics`):
   NExT-QA per type code and the paper's count-weighted groups; STAR per type and the unweighted mean of the
   four types (its headline); How2QA, TVQA, VLEP plain accuracy.
-- The paper's frame-level baselines over per-frame answers [n_questions, n_frames]: oracle (a question is
-  correct when ANY single frame answers it correctly) and voting (majority over frames).
 - Keyframe quality where ground-truth spans exist: keyframes-in-span, and ROC AUC of Localizer frame scores.
 
 All percentages are 0-100. Moment retrieval (QVHighlights) lives in sevila.moments.
@@ -149,72 +147,6 @@ def _per_type(correct: list[bool], types: list[str | None], order: tuple[str, ..
         entry[0] += int(c)
         entry[1] += 1
     return {t: (counts[t][0], counts[t][1]) for t in order if t in counts}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Frame-level baselines: oracle and voting (paper Table 1/ablations)
-
-
-def _frame_predictions(frame_predictions) -> np.ndarray:
-    fp = np.asarray(frame_predictions)
-    if fp.ndim != 2 or fp.shape[1] == 0:
-        raise ValueError(f"frame predictions must be [n_questions, n_frames] with n_frames >= 1, got {fp.shape}")
-    if fp.size and (not np.issubdtype(fp.dtype, np.integer) or fp.min() < 0):
-        raise ValueError("frame predictions must be non-negative option indices")
-    return fp
-
-
-def oracle_correct(frame_predictions, answers) -> np.ndarray:
-    """[n_questions] bool: True when ANY single frame's answer is correct (the paper's oracle upper bound)."""
-    fp = _frame_predictions(frame_predictions)
-    a = np.asarray(answers)
-    if a.dtype == object:
-        raise ValueError("the oracle needs every answer labelled (got None among the answers)")
-    if a.shape != (fp.shape[0],):
-        raise ValueError(f"{fp.shape[0]} questions but answers of shape {a.shape}")
-    return np.any(fp == a[:, None], axis=1)
-
-
-def oracle_predictions(frame_predictions, answers) -> np.ndarray:
-    """Per-question oracle prediction: the answer when some frame gets it right, else frame 0's (wrong) answer.
-    Feed it to `qa_metrics` to get the oracle's per-type breakdown."""
-    fp = _frame_predictions(frame_predictions)
-    a = np.asarray(answers)
-    return np.where(oracle_correct(fp, a), a, fp[:, 0])
-
-
-def oracle_accuracy(frame_predictions, answers) -> float:
-    """Oracle accuracy in percent."""
-    hit = oracle_correct(frame_predictions, answers)
-    return float(hit.mean() * 100) if hit.size else math.nan
-
-
-def vote(frame_predictions, frame_option_scores=None, n_options: int | None = None) -> np.ndarray:
-    """Majority vote over per-frame answers [n_questions, n_frames] -> [n_questions] (the BLIP-2 voting baseline).
-
-    Tie rule: among the options with the most votes, the one with the highest option score summed over ALL
-    frames (`frame_option_scores` [n_questions, n_frames, n_options], e.g. the Answerer's option logits) wins;
-    without scores, or when the sums tie too, the lowest option index wins (deterministic, no randomness).
-    """
-    fp = _frame_predictions(frame_predictions)
-    scores = None if frame_option_scores is None else np.asarray(frame_option_scores, dtype=float)
-    if scores is not None and (scores.ndim != 3 or scores.shape[:2] != fp.shape):
-        raise ValueError(f"option scores must be [n_questions, n_frames, n_options] = {fp.shape} + (k,), got {scores.shape}")
-    if n_options is not None and fp.size and int(fp.max()) >= n_options:
-        raise ValueError(f"a frame predicts option {int(fp.max())} but there are only {n_options} options")
-    k = max(
-        int(fp.max()) + 1 if fp.size else 1,
-        scores.shape[2] if scores is not None else 0,
-        n_options or 0,
-    )
-    counts = np.zeros((fp.shape[0], k), dtype=int)
-    np.add.at(counts, (np.repeat(np.arange(fp.shape[0]), fp.shape[1]), fp.reshape(-1)), 1)
-    tied = counts == counts.max(axis=1, keepdims=True)
-    if scores is None:
-        return np.argmax(tied, axis=1)  # first True = lowest tied option
-    summed = np.full((fp.shape[0], k), -np.inf)
-    summed[:, : scores.shape[2]] = scores.sum(axis=1)
-    return np.argmax(np.where(tied, summed, -np.inf), axis=1)  # np.argmax keeps the lowest index on equal sums
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -146,7 +146,6 @@ def sevila_tiny(vocab_size: int) -> SeViLAConfig:
     )
 
 
-PRESETS = {"flant5xl": sevila_flant5xl, "tiny": sevila_tiny}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parts
@@ -309,7 +308,7 @@ class SeViLA(nn.Module):
         self.tokenizer, self.token_ids = tokenizer, ids
         self._prefix_cache: dict[int, list[list[int]]] = {}
 
-    def _need_tokenizer(self):
+    def require_tokenizer(self):
         if self.tokenizer is None or self.token_ids is None:
             raise RuntimeError("no tokenizer attached: build SeViLA(config, tokenizer) or call attach_tokenizer()")
         return self.tokenizer, self.token_ids
@@ -370,12 +369,12 @@ class SeViLA(nn.Module):
 
     # ---- T5 encoder inputs -------------------------------------------------------------------------------------
 
-    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.t5.get_input_embeddings()(ids)  # [.., L] -> [.., L, d] (T5 `shared`, = encoder.embed_tokens)
 
     def frame_prefix_ids(self, k: int) -> list[list[int]]:
         """Token ids of the k frame prefixes of one sequence (`Frame: ` if k == 1, else `Frame i: `)."""
-        tok, _ = self._need_tokenizer()
+        tok, _ = self.require_tokenizer()
         if k not in self._prefix_cache:
             self._prefix_cache[k] = [prefix_ids(tok, p) for p in prompts.frame_prefixes(k)]
         return self._prefix_cache[k]
@@ -385,7 +384,7 @@ class SeViLA(nn.Module):
         return sum(len(p) for p in self.frame_prefix_ids(k)) + k * self.config.n_query
 
     def tokenize(self, texts: Sequence[str]) -> TokenizedText:
-        tok, _ = self._need_tokenizer()
+        tok, _ = self.require_tokenizer()
         return tokenize_prompts(tok, texts, self.config.max_text_len)
 
     def _bridge_queries(self, bridge: QFormerBridge, frames: torch.Tensor) -> torch.Tensor:
@@ -403,19 +402,19 @@ class SeViLA(nn.Module):
 
     def _sequences(self, bridge: QFormerBridge, frames: torch.Tensor, text: TokenizedText) -> EncoderInputs:
         """frames [N, K, P, Dv] + N prompt rows -> `[Frame 1: ][q1]..[Frame K: ][qK][prompt]` per row."""
-        return self._assemble(self._bridge_queries(bridge, frames), text)  # queries [N, K, Q, d]
+        return self.assemble(self._bridge_queries(bridge, frames), text)  # queries [N, K, Q, d]
 
-    def _assemble(self, queries: torch.Tensor, text: TokenizedText) -> EncoderInputs:
+    def assemble(self, queries: torch.Tensor, text: TokenizedText) -> EncoderInputs:
         """queries [N, K, Q, d] + N prompt rows -> T5 encoder inputs (frame prefixes, queries, prompt)."""
         n, k = queries.shape[:2]
         device = queries.device
         blocks = []
         for i, ids in enumerate(self.frame_prefix_ids(k)):
-            prefix = self._embed(torch.tensor(ids, device=device))  # [Lp_i, d]
+            prefix = self.embed(torch.tensor(ids, device=device))  # [Lp_i, d]
             blocks.append(prefix.unsqueeze(0).expand(n, -1, -1))  # [N, Lp_i, d]
             blocks.append(queries[:, i])  # [N, Q, d]
         visual = torch.cat(blocks, dim=1)  # [N, Lv, d], Lv = sum(Lp_i) + K*Q
-        words = self._embed(text.ids.to(device))  # [N, Lt, d]
+        words = self.embed(text.ids.to(device))  # [N, Lt, d]
         embeds = torch.cat([visual, words], dim=1)  # [N, Lv + Lt, d]
         vis_mask = torch.ones(n, visual.shape[1], dtype=torch.long, device=device)  # [N, Lv] visual always seen
         mask = torch.cat([vis_mask, text.mask.to(device)], dim=1)  # [N, Lv + Lt]; text right-padded
@@ -438,7 +437,7 @@ class SeViLA(nn.Module):
         if b > 1 and features.stride(0) == 0:  # B questions over one clip's T frames: T Q-Former passes, not B*T
             queries = self._bridge_queries(self.bridge(module), features[:1])  # [1, T, Q, d]
             queries = queries.expand(b, *queries.shape[1:]).reshape(b * t, 1, *queries.shape[2:])  # [B*T, 1, Q, d]
-            return self._assemble(queries, text)
+            return self.assemble(queries, text)
         frames = features.reshape(b * t, 1, *features.shape[2:])  # [B*T, 1, P, Dv]
         return self._sequences(self.bridge(module), frames, text)
 
@@ -448,7 +447,7 @@ class SeViLA(nn.Module):
         _check_batch(texts, features.shape[0], "prompts")
         return self._sequences(self.answerer, features, self.tokenize(texts))
 
-    def _decode(self, inputs: EncoderInputs, decoder_ids: torch.Tensor) -> torch.Tensor:
+    def decode(self, inputs: EncoderInputs, decoder_ids: torch.Tensor) -> torch.Tensor:
         """One batched encoder pass and one teacher-forced decoder pass: -> logits [N, S, V]."""
         out = self.t5(
             inputs_embeds=inputs.embeds,  # [N, L, d]
@@ -458,7 +457,7 @@ class SeViLA(nn.Module):
         )
         return out.logits  # [N, S, V]
 
-    def _start_ids(self, n: int, *more: int, device=None) -> torch.Tensor:
+    def start_ids(self, n: int, *more: int, device=None) -> torch.Tensor:
         start = self.t5.config.decoder_start_token_id
         return torch.tensor([[start, *more]] * n, dtype=torch.long, device=device)  # [N, 1 + len(more)]
 
@@ -468,11 +467,11 @@ class SeViLA(nn.Module):
                  ) -> LocalizerOutput:
         """Score every frame (paper §3.1 Localizer): features [B, T, P, Dv] -> scores [B, T] = logit of `yes` at
         the first decoder step (decoder input = [start]); with `n_keyframes`, also the top-k in temporal order."""
-        _, ids = self._need_tokenizer()
+        _, ids = self.require_tokenizer()
         b, t = features.shape[:2]
         inputs = self.per_frame_inputs("localizer", features, loc_prompts)  # [B*T, L, d]
-        start = self._start_ids(b * t, device=inputs.embeds.device)  # [B*T, 1]
-        logits = self._decode(inputs, start)[:, 0, :]  # [B*T, V] first decoder step
+        start = self.start_ids(b * t, device=inputs.embeds.device)  # [B*T, 1]
+        logits = self.decode(inputs, start)[:, 0, :]  # [B*T, V] first decoder step
         scores = logits[:, ids.yes].view(b, t)  # [B, T]
         out = LocalizerOutput(scores=scores, truncated=inputs.truncated)
         if n_keyframes is not None:
@@ -485,26 +484,26 @@ class SeViLA(nn.Module):
 
         labels [B, T] bool (True = keyframe) -> (loss, truncated [B]).
         """
-        tok, _ = self._need_tokenizer()
+        tok, _ = self.require_tokenizer()
         b, t = features.shape[:2]
         if labels.shape != (b, t):
             raise ValueError(f"labels must be [B, T] = {(b, t)}, got {tuple(labels.shape)}")
         inputs = self.per_frame_inputs("localizer", features, loc_prompts)  # [B*T, L, d]
         targets = [prompts.localizer_target(bool(x)) for x in labels.flatten().tolist()]  # B*T strings
-        return self._lm_loss(inputs, targets), inputs.truncated
+        return self.lm_loss(inputs, targets), inputs.truncated
 
     # ---- Answerer ----------------------------------------------------------------------------------------------
 
-    def _option_logits(self, inputs: EncoderInputs, n_options: torch.Tensor) -> torch.Tensor:
+    def option_logits(self, inputs: EncoderInputs, n_options: torch.Tensor) -> torch.Tensor:
         """rows [N, L, d] -> option logits [N, C] read at the decoder step AFTER `Option`.
 
         Decoder input [start, ▁Option]: position 0 predicts `▁Option`, position 1 predicts the letter (official
         code: `generate(...).scores[1][:, answer_ids]`, which assumes the first generated token is `Option`).
         """
-        _, ids = self._need_tokenizer()
+        _, ids = self.require_tokenizer()
         n = inputs.embeds.shape[0]
-        dec = self._start_ids(n, ids.option, device=inputs.embeds.device)  # [N, 2]
-        logits = self._decode(inputs, dec)[:, 1, :]  # [N, V] step after "Option"
+        dec = self.start_ids(n, ids.option, device=inputs.embeds.device)  # [N, 2]
+        logits = self.decode(inputs, dec)[:, 1, :]  # [N, V] step after "Option"
         letters = torch.tensor(ids.letters, device=logits.device)  # [C]
         opt = logits[:, letters]  # [N, C]
         missing = torch.arange(len(ids.letters), device=opt.device)[None, :] >= n_options.to(opt.device)[:, None]
@@ -515,7 +514,7 @@ class SeViLA(nn.Module):
         """The Answerer reading K frames together (CONCAT): features [B, K, P, Dv] -> option logits [B, C]."""
         n_opt = _n_options(n_options, features.shape[0])  # [B]
         inputs = self.answerer_inputs(features, qa_prompts)  # [B, L, d]
-        logits = self._option_logits(inputs, n_opt)  # [B, C]
+        logits = self.option_logits(inputs, n_opt)  # [B, C]
         return AnswererOutput(option_logits=logits, pred=logits.argmax(dim=1), truncated=inputs.truncated)
 
     def answer_each_frame(self, features: torch.Tensor, qa_prompts: Sequence[str],
@@ -525,7 +524,7 @@ class SeViLA(nn.Module):
         b, t = features.shape[:2]
         n_opt = _n_options(n_options, b).repeat_interleave(t)  # [B*T]
         inputs = self.per_frame_inputs("answerer", features, qa_prompts)  # [B*T, L, d]
-        logits = self._option_logits(inputs, n_opt).view(b, t, -1)  # [B, T, C]
+        logits = self.option_logits(inputs, n_opt).view(b, t, -1)  # [B, T, C]
         return AnswererOutput(option_logits=logits, pred=logits.argmax(dim=2), truncated=inputs.truncated)
 
     def answerer_loss(self, features: torch.Tensor, qa_prompts: Sequence[str], answers: Sequence[int] | torch.Tensor,
@@ -539,11 +538,11 @@ class SeViLA(nn.Module):
         limits = _n_options(n_options, b).tolist() if n_options is not None else [None] * b
         inputs = self.answerer_inputs(features, qa_prompts)  # [B, L, d]
         targets = [prompts.answer_target(a, lim) for a, lim in zip(answers, limits)]
-        return self._lm_loss(inputs, targets), inputs.truncated
+        return self.lm_loss(inputs, targets), inputs.truncated
 
-    def _lm_loss(self, inputs: EncoderInputs, targets: list[str]) -> torch.Tensor:
+    def lm_loss(self, inputs: EncoderInputs, targets: list[str]) -> torch.Tensor:
         """Mean token cross-entropy of target texts (incl. </s>), pads ignored: the official `outputs.loss`."""
-        tok, _ = self._need_tokenizer()
+        tok, _ = self.require_tokenizer()
         enc = tok(targets, padding="longest", return_tensors="pt")
         labels = enc.input_ids.masked_fill(enc.input_ids == tok.pad_token_id, -100).to(inputs.embeds.device)
         out = self.t5(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from sevila import prompts, viz
-from sevila.checkpoints import LavisLayout
+from sevila.loading import LavisLayout
 from sevila.data.video import VideoNotFound, read_frames
 from sevila.features import FeatureCache, score_frames
 from sevila.model import build_sevila, parameter_counts, sevila_flant5xl, sevila_tiny

@@ -23,8 +23,7 @@ import torch
 
 from sevila import prompts
 from sevila.checkpoints import CheckpointKind, WeightsReport, load_sevila, read_header
-# (after the checkpoints split, these four live in sevila.loading)
-from sevila.checkpoints import LavisLayout, detect_kind, load_for_inference, load_lavis_checkpoint
+from sevila.loading import LavisLayout, detect_kind, load_for_inference, load_lavis_checkpoint
 from sevila.data.video import FrameSample
 from sevila.errors import BadArgument
 from sevila.features import FeatureCache, clip_features

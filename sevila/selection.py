@@ -1,29 +1,14 @@
 """Which frames the Answerer reads and how per-frame answers become one answer: pure functions on tensors.
 
-Typed modes (DESIGN.md §3: never substrings of a task string, the official code's main source of bugs):
-- `Selector` picks frames: UNIFORM (k of the n sampled frames, evenly), LOCALIZER (the Localizer's top-k, in
-  temporal order), ALL (all n frames), ORACLE (all n frames, each answered alone; a question counts as correct
-  iff any single frame answers it correctly: the paper's upper bound).
-- `Fusion` turns the chosen frames into one answer: CONCAT (all frames in one Answerer sequence, SeViLA and
-  BLIP-2 concat) or VOTE (each frame answered alone, majority vote: BLIP-2 voting).
+The typed modes (DESIGN.md §3: never substrings of a task string, the official code's main source of bugs) are
+defined in sevila.settings: `Selector` picks frames (uniform, localizer, all, oracle), `Fusion` turns the chosen
+frames into one answer (concat, vote).
 """
 from __future__ import annotations
 
-import enum
-
 import torch
 
-
-class Selector(str, enum.Enum):
-    UNIFORM = "uniform"
-    LOCALIZER = "localizer"
-    ORACLE = "oracle"
-    ALL = "all"
-
-
-class Fusion(str, enum.Enum):
-    CONCAT = "concat"
-    VOTE = "vote"
+from sevila.settings import Fusion, Selector  # noqa: F401 - the modes these functions implement
 
 
 def uniform_keyframes(n_frames: int, k: int) -> list[int]:

@@ -58,6 +58,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
+from sevila import settings
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
     from mlflow import MlflowClient
@@ -122,10 +124,9 @@ class AnswererMode(str, enum.Enum):
     FINETUNED = "finetuned"
 
 
-# The values of sevila.selection.Selector / Fusion (importing that module would import torch; a test checks
-# that these stay equal to the enums there).
-SELECTOR_VALUES: tuple[str, ...] = ("uniform", "localizer", "oracle", "all")
-FUSION_VALUES: tuple[str, ...] = ("concat", "vote")
+# The values of the frame-selection modes, from their one (torch-free) home.
+SELECTOR_VALUES: tuple[str, ...] = tuple(s.value for s in settings.Selector)
+FUSION_VALUES: tuple[str, ...] = tuple(f.value for f in settings.Fusion)
 
 # The tag names a table can pivot on, in column order (RunTags fields, then the git state).
 PIVOT_TAGS: tuple[str, ...] = (

@@ -18,6 +18,9 @@ Read top to bottom like a nanoGPT / torchtune recipe: no callbacks. A stage hand
 - `torchrun` / DDP: with WORLD_SIZE > 1 in the environment the loop joins the process group, splits each global
   batch across ranks and averages gradients with DDP; only rank 0 writes checkpoints and logs.
 - bf16 autocast where the hardware has it (`Precision`).
+- A stop condition, as nanoGPT's and torchtune's loops have one: `should_stop(step, metrics)` is asked after
+  every evaluation; True ends the run there, with `last/` written at that step and marked stopped, so a rerun on
+  the same `out_dir` returns the stopped run instead of training on (a curriculum phase that reached its gate).
 
 Checkpoint layout (a directory, published in one rename):
   trainable.safetensors  the parameters with requires_grad (the frozen backbone is never copied), with
@@ -36,7 +39,6 @@ LAVIS does with `disabled_train`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import enum
 import logging
 import math
@@ -54,13 +56,12 @@ from torch import nn
 from torch.utils.data import DataLoader, default_collate
 from tqdm.auto import tqdm
 
-# Checkpoint I/O lives in sevila/checkpoints.py (shared with model checkpoints); re-exported here for callers of
-# the training loop.
-from .checkpoints import (  # noqa: F401
-    CHECKPOINT_FORMAT, META_FILE, STATE_FILE, WEIGHTS_FILE, CheckpointError, LoadReport, _modules_of,
-    load_state_file, load_weights, load_weights_file, recover_dir, trainable_state, write_checkpoint_dir,
+from .checkpoint_io import (
+    CHECKPOINT_FORMAT, STATE_FILE, CheckpointError, load_state_file, load_weights, modules_of, recover_dir,
+    trainable_state, write_checkpoint_dir,
 )
 from .runlog import NullLogger, RunLogger
+from .settings import Precision, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -68,78 +69,11 @@ LAST = "last"
 BEST = "best"
 
 
-class Precision(str, enum.Enum):
-    """Autocast policy. AUTO: bf16 autocast on a CUDA device that supports bf16, fp32 elsewhere (CPU bf16
-    matmuls are slow on most CPUs and change numerics, so CPU runs stay fp32 unless BF16 is asked for).
-    BF16: autocast to bf16 on any device. FP32: never autocast."""
-
-    AUTO = "auto"
-    BF16 = "bf16"
-    FP32 = "fp32"
-
-
 class Goal(str, enum.Enum):
     """Whether a larger or smaller value of the validation metric is better (accuracy: MAX, loss: MIN)."""
 
     MAX = "max"
     MIN = "min"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Settings of one training run. Everything that determines the trajectory is compared on resume."""
-
-    lr: float  # peak learning rate, reached at the end of warm-up
-    epochs: int
-    batch_size: int  # GLOBAL examples per optimizer step (all processes, all micro-steps together)
-    micro_batch: int  # examples per forward pass on one process
-    weight_decay: float = 0.05  # on matrices only, see param_groups
-    warmup_steps: int = 0  # optimizer steps of linear warm-up
-    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
-    grad_clip: float | None = None  # max global L2 norm of the trainable gradients; None: no clipping
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    checkpoint_every: int = 100  # optimizer steps between `last/` checkpoints; the final step always saves
-    eval_every: int | None = None  # optimizer steps between eval_fn calls; eval_fn also runs at the end
-    max_steps: int | None = None  # stop early (smoke tests); the schedule then spans max_steps
-    seed: int = 0
-    precision: Precision = Precision.AUTO
-    num_workers: int = 0  # DataLoader worker processes
-    find_unused_parameters: bool = False  # DDP: set when some trainable params get no gradient in a step
-    progress: bool = True  # tqdm bars (only on rank 0 and only when stderr is a terminal)
-
-    def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> None:
-            raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r}: {why}")
-
-        for name in ("epochs", "batch_size", "micro_batch", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                bad(name, "must be >= 1")
-        for name in ("eval_every", "max_steps"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                bad(name, "must be >= 1 or null")
-        if not self.lr > 0:
-            bad("lr", "must be > 0")
-        if self.weight_decay < 0:
-            bad("weight_decay", "must be >= 0")
-        if self.warmup_steps < 0:
-            bad("warmup_steps", "must be >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            bad("min_lr_ratio", "must be in [0, 1]")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            bad("grad_clip", "must be > 0 or null")
-        if self.batch_size % self.micro_batch:
-            bad("batch_size", f"must be a multiple of micro_batch={self.micro_batch}")
-        if self.num_workers < 0:
-            bad("num_workers", "must be >= 0")
-        object.__setattr__(self, "precision", Precision(self.precision))
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["precision"] = self.precision.value
-        d["betas"] = list(self.betas)
-        return d
 
 
 # Fields that may change between a run and its resumption without changing the trajectory.
@@ -156,6 +90,7 @@ class TrainResult:
     best_value: float | None
     best_step: int | None
     resumed_from: int | None = None  # the step of the checkpoint this call started from, if any
+    stopped: bool = False  # should_stop ended the run at `step` (before total_steps, or at it)
     final_metrics: dict[str, float] = field(default_factory=dict)  # the last eval_fn result
 
 
@@ -333,6 +268,7 @@ def train(model: nn.Module, dataset: Any, loss_fn: Callable[[nn.Module, Any], to
           out_dir: str | Path, collate_fn: Callable[[list], Any] | None = None,
           logger: RunLogger | None = None,
           eval_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
+          should_stop: Callable[[int, Mapping[str, float]], bool] | None = None,
           best_metric: str | None = None, best_goal: Goal = Goal.MAX, resume: bool = True,
           device: str | torch.device | None = None) -> TrainResult:
     """Train `model`'s parameters that have requires_grad on `dataset` (anything with len and [i]).
@@ -341,6 +277,10 @@ def train(model: nn.Module, dataset: Any, loss_fn: Callable[[nn.Module, Any], to
     the update equals one step on the global batch. `eval_fn(model)` (model in eval mode, under no_grad, run on
     rank 0 with the RNGs saved and restored around it, so evaluating never changes the training trajectory)
     returns metrics; `best/` keeps the weights with the best `best_metric` by `best_goal`.
+    `should_stop(step, metrics)`, asked after each evaluation (every `eval_every` steps and at the end) with the
+    step just done and eval_fn's metrics, ends training when it returns True: the model then holds the weights
+    of that step, `last/` is written there and marked stopped, and the result says `stopped`. Rerunning a stopped
+    run returns it as it stopped (never trains on). Under DDP every rank asks it with the same metrics.
 
     Files go to `out_dir/last/` and `out_dir/best/`. With `resume` and an existing `out_dir/last/`, training
     continues from it (its config must match `cfg` in every field that affects the trajectory); without
@@ -354,19 +294,21 @@ def train(model: nn.Module, dataset: Any, loss_fn: Callable[[nn.Module, Any], to
     logger = logger or NullLogger()
     if best_metric is not None and eval_fn is None:
         raise ValueError("best_metric needs an eval_fn to compute it")
+    if should_stop is not None and eval_fn is None:
+        raise ValueError("should_stop is asked after each evaluation: it needs an eval_fn")
     best_goal = Goal(best_goal)
     out_dir = Path(out_dir)
     ddp_env = _setup_distributed()
     try:
         return _train(model, dataset, loss_fn, cfg, out_dir, collate_fn or default_collate, logger, eval_fn,
-                      best_metric, best_goal, resume, device, ddp_env)
+                      should_stop, best_metric, best_goal, resume, device, ddp_env)
     finally:
         if ddp_env.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn, logger: RunLogger, eval_fn,
-           best_metric, best_goal: Goal, resume: bool, device, env: _Dist) -> TrainResult:
+           should_stop, best_metric, best_goal: Goal, resume: bool, device, env: _Dist) -> TrainResult:
     world, rank = env.world_size, env.rank
     if cfg.batch_size % (cfg.micro_batch * world):
         raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be a multiple of micro_batch="
@@ -402,6 +344,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
     best_step: int | None = None
     final_metrics: dict[str, float] = {}
     resumed_from = None
+    stopped = False
     if last_dir.exists():
         if not resume:
             raise FileExistsError(f"{last_dir} exists and resume=False: choose another out_dir or delete it")
@@ -410,6 +353,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
         history = [dict(h) for h in state["history"]]
         best_value, best_step = state["best_value"], state["best_step"]
         final_metrics = dict(state["final_metrics"])
+        stopped = bool(state.get("stopped", False))
         rngs = state["rng"]
         if len(rngs) == world:
             set_rng_state(rngs[rank])
@@ -418,7 +362,8 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
                         "match an uninterrupted one bit for bit", last_dir, len(rngs), world)
             seed_everything(cfg.seed + 7919 * step + rank)
         resumed_from = step
-        log.info("resuming from %s at step %d/%d (epoch %d, position %d)", last_dir, step, total, epoch, pos)
+        log.info("resuming at step %d/%d from %s (epoch %d, position %d)%s", step, total, last_dir, epoch, pos,
+                 ": the run stopped there (should_stop), nothing left to train" if stopped else "")
     else:
         seed_everything(cfg.seed + rank)  # ranks draw different dropout masks, as separate machines would
     if env.main:
@@ -464,7 +409,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
 
     def meta(at_step: int) -> dict[str, Any]:
         names = list(params)
-        return {"format": CHECKPOINT_FORMAT, "step": at_step, "total_steps": total, "modules": _modules_of(names),
+        return {"format": CHECKPOINT_FORMAT, "step": at_step, "total_steps": total, "modules": modules_of(names),
                 "n_trainable_tensors": len(names), "n_trainable_values": sum(p.numel() for p in trainable),
                 "config": cfg.to_dict(), "world_size": world}
 
@@ -480,14 +425,15 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
         state = {"format": CHECKPOINT_FORMAT, "step": step, "epoch": e, "position": p, "total_steps": total,
                  "config": cfg.to_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,
                  "history": history, "best_value": best_value, "best_step": best_step,
-                 "final_metrics": final_metrics, "world_size": world}
-        m = meta(step) | {"epoch": e, "position": p, "best_value": best_value, "best_step": best_step}
+                 "final_metrics": final_metrics, "stopped": stopped, "world_size": world}
+        m = meta(step) | {"epoch": e, "position": p, "best_value": best_value, "best_step": best_step,
+                          "stopped": stopped}
         write_checkpoint_dir(last_dir, params, m, state)
 
     show = cfg.progress and env.main and sys.stderr.isatty()
     model.train()
     epoch_bar = tqdm(total=cfg.epochs, initial=epoch, desc="epochs", disable=not show, position=0)
-    while step < total:
+    while step < total and not stopped:
         if pos >= per_epoch:
             epoch, pos = epoch + 1, 0
             epoch_bar.update(1)
@@ -499,7 +445,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
         batches = iter(loader)
         step_bar = tqdm(total=min(per_epoch, pos + total - step), initial=pos, desc=f"epoch {epoch}",
                         disable=not show, leave=False, position=1)
-        while pos < per_epoch and step < total:
+        while pos < per_epoch and step < total and not stopped:
             lr = lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -539,7 +485,10 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
                     if env.main:
                         write_checkpoint_dir(best_dir, params, meta(step) | {
                             "best_metric": best_metric, "best_goal": best_goal.value, "best_value": best_value})
-            if step % cfg.checkpoint_every == 0 or step == total:
+                stopped = should_stop is not None and bool(should_stop(step, final_metrics))
+                if stopped:
+                    log.info("should_stop ended training at step %d/%d: %s", step, total, final_metrics)
+            if step % cfg.checkpoint_every == 0 or step == total or stopped:
                 save_last()
         step_bar.close()
     if pos >= per_epoch:
@@ -551,7 +500,7 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
                        last_checkpoint=last_dir if last_dir.exists() else None,
                        best_checkpoint=best_dir if best_step is not None and best_dir.exists() else None,
                        best_value=best_value, best_step=best_step, resumed_from=resumed_from,
-                       final_metrics=final_metrics)
+                       stopped=stopped, final_metrics=final_metrics)
 
 
 def _load_for_resume(model: nn.Module, optimizer: torch.optim.Optimizer, last_dir: Path,

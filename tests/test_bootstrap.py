@@ -342,7 +342,7 @@ def test_text_layout_equals_the_frame_layout(model, text_pool, n_frames):
         expected = [i for p, row in zip(prefixes, ids.tolist()) for i in prefix_ids(tok, p) + row]
         assert tok(ex.prompt).input_ids == expected + answerer_text.ids[0].tolist()
 
-        frame = model._assemble(model._embed(ids).unsqueeze(0), answerer_text)  # queries [1, K, Q, d]
+        frame = model.assemble(model.embed(ids).unsqueeze(0), answerer_text)  # queries [1, K, Q, d]
         assert frame.visual_len == model.visual_len(n_frames) == len(expected)
         assert text.embeds.shape == frame.embeds.shape and torch.equal(text.embeds, frame.embeds)
         assert torch.equal(text.mask, frame.mask)
@@ -355,7 +355,7 @@ def test_frame_path_with_exact_queries_reads_the_same_text(model, metas, train_t
     pool = frame_qa_pool(table, recs)[:4]
     exs = [frame_qa_example(random.Random(i), rec, row) for i, (rec, row) in enumerate(pool)]
     slots = [slot_words(metas[table.videos[e.frame]], float(table.times[e.frame])) for e in exs]
-    with torch.no_grad(), exact_answerer(model, model._embed(slot_ids(model, slots))):
+    with torch.no_grad(), exact_answerer(model, model.embed(slot_ids(model, slots))):
         feats = model.vision_features(table.pixels[[e.frame for e in exs]])
         frame = model.per_frame_inputs("answerer", feats.unsqueeze(1), [e.prompt for e in exs])
         text = text_inputs(model, [frames_text([s]) + e.prompt for s, e in zip(slots, exs)])
@@ -520,7 +520,7 @@ def test_ground_loss_and_accuracy_with_exact_queries(tok, metas, train_table):
     feats = torch.zeros(len(ground), model.config.n_vision_tokens, model.vision.config.hidden_size)
     target = slot_ids(model, [e.slots for e in ground])  # [N, Q]
     with torch.no_grad():
-        exact = model._embed(target)  # [N, Q, d]
+        exact = model.embed(target)  # [N, Q, d]
         model.answerer = FixedQueries(exact)
         loss = ground_loss(model, feats, ground)  # [N]
         # by hand: the target's logit is 0, every other word's is minus its squared distance over sqrt(d)
@@ -538,7 +538,7 @@ def test_ground_loss_and_accuracy_with_exact_queries(tok, metas, train_table):
 
         # embeddings far apart: exact queries leave no loss at all
         model.t5.shared.weight.mul_(10.0)
-        model.answerer = FixedQueries(model._embed(target))
+        model.answerer = FixedQueries(model.embed(target))
         assert ground_loss(model, feats, ground).max() < 1e-6
         model.answerer = FixedQueries(torch.zeros_like(exact))
         assert ground_loss(model, feats, ground).min() > 1.0  # no information: far from zero
@@ -550,7 +550,7 @@ def test_accuracies_read_the_argmax_of_each_example(model, metas, train_table, t
     mc = [text_qa_example(random.Random(i), text_pool[i], 2 + i % 4, 1 + i % 2) for i in range(7)]
     frame = [frame_qa_example(random.Random(i), *p) for i, p in enumerate(frame_qa_pool(table, recs))]
     yn = [yes_no_example(random.Random(i), text_pool[i]) for i in range(7)]
-    _, ids = model._need_tokenizer()
+    _, ids = model.require_tokenizer()
     with torch.no_grad():
         def right(e):
             if e.task.uses_frame:
@@ -558,12 +558,12 @@ def test_accuracies_read_the_argmax_of_each_example(model, metas, train_table, t
                 inputs = model.per_frame_inputs("answerer", feats, [e.prompt])
             else:
                 inputs = text_inputs(model, [e.prompt])
-            logits = model._option_logits(inputs, torch.tensor([e.prompt.count("Option ")]))[0]
+            logits = model.option_logits(inputs, torch.tensor([e.prompt.count("Option ")]))[0]
             assert torch.isinf(logits[e.prompt.count("Option "):]).all()  # letters past the options never win
             return "ABCDE"[int(logits.argmax())] == e.target[-1]
 
         def said_yes(e):
-            first = model._decode(text_inputs(model, [e.prompt]), model._start_ids(1))[0, 0]
+            first = model.decode(text_inputs(model, [e.prompt]), model.start_ids(1))[0, 0]
             return (first[ids.yes] > first[ids.no]) == (e.target == prompts.YES)
 
         assert choice_accuracy(model, mc, batch=3) == sum(map(right, mc)) / len(mc)

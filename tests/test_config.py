@@ -1,17 +1,22 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
-from sevila.config import BadVideoPolicyName, Config, ConfigError, load_config, to_dict
+import sevila.train
+from sevila import config, selection, settings, tracking
+from sevila.config import BadVideoPolicyName, Config, ConfigError, Precision, load_config, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_repo_params_load_with_types():
     cfg = load_config(REPO / "params.yaml")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
     assert isinstance(cfg, Config)
-    assert isinstance(cfg.world.videos, int) and cfg.world.videos > 0
-    assert cfg.prepare.bad_video in set(BadVideoPolicyName)
+    assert type(cfg.world.videos) is int and cfg.world.videos == raw["world"]["videos"]
+    assert cfg.prepare.bad_video is BadVideoPolicyName(raw["prepare"]["bad_video"])
     assert cfg.prepare.splits == ("train", "val", "test")
 
 
@@ -43,6 +48,18 @@ def test_exponents_without_a_dot_are_numbers(tmp_path):
         ("prepare:\n  bad_video: ignore\n", [], "prepare.bad_video: 'ignore' is not one of ['fail', 'skip']"),
         ("wrld: {}\n", [], "<root>: unknown setting(s) ['wrld']"),
         ("", ["world.videos"], "is not of the form key=value"),
+        # values checked by the settings themselves, named by their dotted key
+        ("pretrain_localizer:\n  train: {lr: 0}\n", [], "pretrain_localizer.train.lr: 0.0 must be > 0"),
+        ("finetune_answerer:\n  train: {precision: fp8}\n", [], "finetune_answerer.train.precision: 'fp8' is not one"),
+        ("", ["refine_localizer.train.betas=[0.9, 1.5]"], "refine_localizer.train.betas: (0.9, 1.5) must be two"),
+        ("", ["frames.n_frames=0"], "frames.n_frames: 0 must be >= 1"),
+        ("", ["frames.n_keyframes=9", "frames.n_frames=8"], "frames.n_keyframes: 9 must be between 1 and n_frames=8"),
+        ("", ["evaluate.variants.v={study: frames, n_frames: 0}"], "evaluate.variants.v.n_frames: 0 must be >= 1"),
+        ("", ["evaluate.variants.v={study: frames, n_frames: 8, n_keyframes: 0}"],
+         "evaluate.variants.v.n_keyframes: 0 must be between 1 and n_frames=8"),
+        ("", ["evaluate.variants.v={study: x, selector: localizer_uniform}"], "evaluate.variants.v.selector: "
+         "'localizer_uniform' is not one of ['uniform', 'localizer', 'oracle', 'all']"),
+        ("", ["round=0"], "round: 0 must be >= 1"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, text, overrides, message):
@@ -51,3 +68,40 @@ def test_bad_settings_name_the_key(tmp_path, text, overrides, message):
     with pytest.raises(ConfigError) as err:
         load_config(p, overrides)
     assert message in str(err.value)
+
+
+def test_train_blocks_set_every_field_of_the_one_train_config(tmp_path):
+    # params.yaml's train blocks ARE sevila.train's TrainConfig: precision, betas, max_steps ... are settable
+    p = tmp_path / "params.yaml"
+    p.write_text("pretrain_localizer:\n  train: {precision: bf16, betas: [0.8, 0.99], max_steps: 7, eps: 1.0e-6}\n")
+    train = load_config(p).pretrain_localizer.train
+    assert type(train) is sevila.train.TrainConfig
+    assert (train.precision, train.betas, train.max_steps, train.eps) == (Precision.BF16, (0.8, 0.99), 7, 1e-6)
+    assert {f.name for f in dataclasses.fields(train)} >= {"num_workers", "find_unused_parameters", "grad_clip"}
+
+
+def test_variant_modes_are_the_selection_enums(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("evaluate:\n  variants:\n    v: {study: baseline, selector: all, fusion: vote, n_frames: 8}\n")
+    v = load_config(p).evaluate.variants["v"]
+    assert v.selector is selection.Selector.ALL and v.fusion is selection.Fusion.VOTE
+    assert not v.selector.uses_keyframes and selection.Selector.UNIFORM.uses_keyframes
+
+
+def test_one_home_per_setting():
+    assert config.Selector is selection.Selector is settings.Selector
+    assert config.TrainConfig is sevila.train.TrainConfig is settings.TrainConfig
+    assert config.LocalizerId is settings.LocalizerId and config.AnswererId is settings.AnswererId
+    assert not hasattr(config, "StageTrain")
+    assert tracking.SELECTOR_VALUES == tuple(s.value for s in settings.Selector)
+
+
+def test_a_duplicate_key_is_an_error_naming_key_and_line(tmp_path):
+    # PyYAML keeps the last value silently; DVC rejects the file. We reject it too, saying where.
+    p = tmp_path / "params.yaml"
+    p.write_text("world:\n  videos: 10\n  seed: 1\n  videos: 20\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: line 4: duplicate key 'videos' \(first at line 2\)"):
+        load_config(p)
+    p.write_text("world: {videos: 10}\nround: 1\nworld: {seed: 2}\n")
+    with pytest.raises(ConfigError, match="line 3: duplicate key 'world'"):
+        load_config(p)

@@ -13,13 +13,9 @@ from sevila.metrics import (
     average_ranks,
     keyframe_in_span,
     mean_roc_auc,
-    oracle_accuracy,
-    oracle_correct,
-    oracle_predictions,
     qa_metrics,
     question_type,
     roc_auc,
-    vote,
 )
 
 # ---------------------------------------------------------------------------------------------- NExT-QA
@@ -104,41 +100,6 @@ def test_dataset_parsing_and_errors():
     with pytest.raises(ValueError, match="lengths differ"):
         qa_metrics("tvqa", ["a", "b"], None, [0], [0, 1])
     assert accuracy([1, 2, 3, 4], [1, 0, 3, 0]) == 50.0
-
-
-# ---------------------------------------------------------------------------------------------- oracle / voting
-
-
-def test_oracle():
-    fp = np.array([[0, 1, 2], [1, 1, 1], [2, 0, 0]])
-    answers = np.array([2, 0, 0])
-    # q0: frame 2 says 2 = answer -> correct; q1: no frame says 0 -> wrong; q2: frames 1, 2 -> correct
-    assert oracle_correct(fp, answers).tolist() == [True, False, True]
-    assert oracle_accuracy(fp, answers) == pytest.approx(200 / 3)
-    # the oracle's per-question prediction: the answer where reachable, else frame 0's wrong answer
-    assert oracle_predictions(fp, answers).tolist() == [2, 1, 0]
-    with pytest.raises(ValueError, match="labelled"):
-        oracle_correct(fp, [2, None, 0])
-
-
-def test_vote_majority_and_tie_rules():
-    # plain majority: option 1 has 2 votes
-    assert vote([[0, 1, 1, 2]]).tolist() == [1]
-    # tie 2 vs 0 (2 votes each), no scores -> lowest index 0
-    assert vote([[2, 0, 2, 0]]).tolist() == [0]
-    # same tie with per-frame option scores: summed over all frames, option 0 -> 0.1+0.2+0.1+0.3 = 0.7,
-    # option 2 -> 0.6+0.1+0.5+0.2 = 1.4 (option 1 has the highest sum, 2.0, but is not among the tied)
-    scores = np.array([[[0.1, 0.3, 0.6], [0.2, 0.7, 0.1], [0.1, 0.4, 0.5], [0.3, 0.6, 0.2]]])
-    assert vote([[2, 0, 2, 0]], scores).tolist() == [2]
-    # tie on votes and on summed scores -> lowest index
-    flat = np.full((1, 2, 3), 0.5)
-    assert vote([[2, 1]], flat).tolist() == [1]
-    # several questions at once
-    assert vote([[3, 3, 1], [0, 1, 2]]).tolist() == [3, 0]
-    with pytest.raises(ValueError, match="only 3 options"):
-        vote([[3, 1]], n_options=3)
-    with pytest.raises(ValueError, match="n_questions, n_frames"):
-        vote([1, 2, 3])
 
 
 # ---------------------------------------------------------------------------------------------- keyframes

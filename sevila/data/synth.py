@@ -274,7 +274,7 @@ def sample_video_meta(index: int, split: str, seed: int, fps: int = 8, size: int
 # --------------------------------------------------------------------------------------- captions
 
 
-def _in_event(meta: dict, t: float) -> bool:
+def in_event(meta: dict, t: float) -> bool:
     s, e = meta["event"]
     return s <= t <= e
 
@@ -282,7 +282,7 @@ def _in_event(meta: dict, t: float) -> bool:
 def visible_objects(meta: dict, t: float) -> list[dict]:
     """Objects on screen at time `t` (seconds): the target alone inside the event, else the distractors
     whose span holds `t`. Rendering and captions both use this, so they cannot disagree."""
-    if _in_event(meta, t):
+    if in_event(meta, t):
         return [meta["target"]]
     return [d for d in meta["distractors"] if d["span"][0] <= t <= d["span"][1]]
 
@@ -290,7 +290,7 @@ def visible_objects(meta: dict, t: float) -> list[dict]:
 def frame_caption(video_meta: dict, t: float) -> str:
     """Short caption of what is visible at `t`: "a big red circle" inside the event, "a small blue square
     and a small green cross" outside it."""
-    if _in_event(video_meta, t):
+    if in_event(video_meta, t):
         tg = video_meta["target"]
         return f"a {_combo(tg['colour'], tg['shape'])}"
     objs = visible_objects(video_meta, t)
@@ -368,7 +368,7 @@ def render_frame(meta: dict, i: int) -> np.ndarray:
     noise_rng = np.random.default_rng([meta["background"]["noise_seed"], i])
     n = meta["background"]["noise"]
     img += noise_rng.integers(-n, n + 1, size=(size, size, 1)).astype(np.float32)
-    if _in_event(meta, t):
+    if in_event(meta, t):
         tg = meta["target"]
         cx, cy, r = _position(tg, t - meta["event"][0], size)
         mask = shape_mask(tg["shape"], cx, cy, r, size)

@@ -1,10 +1,15 @@
 """Pipeline stages: one module per stage, each with `run(cfg) -> metrics` (the library entry point that DVC,
-Prefect and tests call) and a thin command-line wrapper: `sevila stage NAME [-p params.yaml] [-o key=value ...]`."""
+Prefect and tests call), reached from the command line as `sevila stage NAME [-p params.yaml] [-o key=value ...]`
+(the one entry point: a stage module has no `main` of its own)."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import logging
+import sys
+
+from sevila.config import load_config
 
 # stage name -> module (in pipeline order)
 STAGES: dict[str, str] = {
@@ -21,8 +26,7 @@ STAGES: dict[str, str] = {
 
 
 def run_stage(name: str, params: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
-    from sevila.config import load_config
-
+    """Load and check every setting (nothing is written before they are all valid), then run the stage."""
     if name not in STAGES:
         raise SystemExit(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
     cfg = load_config(params, overrides)
@@ -39,6 +43,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cli_stage(args: argparse.Namespace) -> int:
-    metrics = run_stage(args.name, args.params, tuple(args.override))
+    # the stages' progress (what was loaded, "resuming at step N") goes to stderr; stdout keeps the metrics JSON
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("sevila")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:  # a setting or a missing file is the user's to fix: sevila.cli prints it as one line, exit 2
+        metrics = run_stage(args.name, args.params, tuple(args.override))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     print(json.dumps(metrics, indent=2, default=str))
     return 0 if metrics.get("success", True) else 1

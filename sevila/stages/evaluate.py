@@ -5,19 +5,19 @@ logs each variant as an MLflow run tagged for the ablation tables."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from sevila import tracking
 from sevila.chain import clip_features, load_model, qa_prompt_pair, read_split, round_dir
 from sevila.config import Config, VariantConfig
 from sevila.data.video import SkipLog, frame_labels
 from sevila.io import atomic_write_json, atomic_write_text
 from sevila.metrics import keyframe_in_span, localizer_metrics, qa_metrics
 from sevila.run_settings import stage_run
-from sevila.selection import Fusion, Selector
+from sevila.settings import Selector
 
 MAX_QUESTIONS = 16  # questions of one clip per forward pass
 
@@ -29,14 +29,13 @@ def variant_dir(cfg: Config, name: str) -> Path:
 @torch.no_grad()
 def answer_clip(model, v: VariantConfig, features: torch.Tensor, meta, records) -> list[dict]:
     dev = next(model.t5.parameters()).device
-    selector, fusion = Selector(v.selector), Fusion(v.fusion)
     rows = []
     for i in range(0, len(records), MAX_QUESTIONS):
         recs = records[i:i + MAX_QUESTIONS]
         qa, loc = zip(*(qa_prompt_pair(r) for r in recs))
         gold = [r.answer for r in recs] if all(r.answer is not None for r in recs) else None
         feats = features[None].expand(len(recs), *features.shape).to(dev)  # [Q, T, P, D]
-        res = model.answer(feats, list(qa), [len(r.options) for r in recs], selector=selector, fusion=fusion,
+        res = model.answer(feats, list(qa), [len(r.options) for r in recs], selector=v.selector, fusion=v.fusion,
                            n_keyframes=v.n_keyframes, loc_prompts=list(loc), gold=gold)
         for q, r in enumerate(recs):
             frames = res.frames[q].cpu().numpy()
@@ -57,7 +56,7 @@ def variant_metrics(v: VariantConfig, rows: list[dict], records: dict, timestamp
     metrics = qa_metrics(dataset if dataset != "synth" else "nextqa", [r["qid"] for r in labelled],
                          [r["qtype"] for r in labelled], [r["pred"] for r in labelled],
                          [r["answer"] for r in labelled]) if labelled else {}
-    if Selector(v.selector) in (Selector.LOCALIZER, Selector.UNIFORM):
+    if v.selector.uses_keyframes:
         in_span, auc_pairs = [], []
         for r in rows:
             rec = records[r["qid"]]
@@ -73,9 +72,17 @@ def variant_metrics(v: VariantConfig, rows: list[dict], records: dict, timestamp
     return metrics
 
 
-def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, model=None) -> dict:
-    from sevila import tracking
+def variant_tags(cfg: Config, name: str, v: VariantConfig) -> tracking.RunTags:
+    """The variant's MLflow pivot tags (checked on construction, so a bad variant fails before anything runs)."""
+    uses_loc = v.selector is Selector.LOCALIZER
+    return tracking.RunTags(variant=name, study=v.study, selector=v.selector, fusion=v.fusion, n_frames=v.n_frames,
+                            n_keyframes=v.n_keyframes, loc_pretrain=v.localizer.pretrained if uses_loc else None,
+                            loc_refine=v.localizer.refined if uses_loc else None, answerer=v.answerer.value,
+                            round=cfg.round, dvc_stage=f"evaluate@{name}")
 
+
+def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, model=None) -> dict:
+    tags = variant_tags(cfg, name, v)
     model = model or load_model(cfg, localizer=v.localizer, answerer=v.answerer)
     skipped = SkipLog()
     rows, timestamps = [], {}
@@ -89,11 +96,6 @@ def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, mo
     atomic_write_json(out / "metrics.json", metrics)
     if len(skipped):
         skipped.write(out / "skipped.json")
-    uses_loc = Selector(v.selector) is Selector.LOCALIZER
-    tags = tracking.RunTags(variant=name, study=v.study, selector=v.selector, fusion=v.fusion, n_frames=v.n_frames,
-                            n_keyframes=v.n_keyframes, loc_pretrain=v.localizer.pretrained if uses_loc else None,
-                            loc_refine=v.localizer.refined if uses_loc else None, answerer=v.answerer.value,
-                            round=cfg.round, dvc_stage=f"evaluate@{name}")
     with stage_run(cfg, "evaluate", tracking.Phase.EVALUATE, name, tags, variant=name) as run_log:
         run_log.log_metrics({k: float(x) for k, x in metrics.items()})
         run_log.log_artifact(out)
@@ -106,11 +108,8 @@ def run(cfg: Config) -> dict:
     if unknown:
         raise ValueError(f"evaluate.only names unknown variants {sorted(unknown)}; known: {sorted(ev.variants)}")
     names = list(ev.only) or list(ev.variants)
+    for name in names:  # every variant checked before the first one writes
+        variant_tags(cfg, name, ev.variants[name])
     records = read_split(cfg, ev.split)
     return {name: evaluate_variant(cfg, name, ev.variants[name], records) for name in names}
 
-
-def main(argv: list[str] | None = None) -> int:
-    from sevila.cli import main as cli_main
-
-    return cli_main(["stage", "evaluate", *(sys.argv[1:] if argv is None else argv)])

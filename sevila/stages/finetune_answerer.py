@@ -3,12 +3,12 @@ training question (top-k by score, kept in temporal order) and the Answerer lear
 or random frames are the typed alternatives the ablations need (`finetune_answerer.frames`)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sevila import tracking
 from sevila.chain import answerer_dir, clip_features, fit_module, load_model, qa_prompt_pair, read_split, stack
 from sevila.config import Config, FrameSelection
 from sevila.io import atomic_write_json
@@ -51,8 +51,6 @@ def answerer_loss(model, batch: list[dict]) -> torch.Tensor:
 
 
 def run(cfg: Config) -> dict:
-    from sevila import tracking
-
     ft = cfg.finetune_answerer
     model = load_model(cfg, localizer=ft.localizer)
     k = cfg.frames.n_keyframes
@@ -69,8 +67,3 @@ def run(cfg: Config) -> dict:
     atomic_write_json(Path(cfg.paths.reports) / f"finetune_answerer_r{cfg.round}.json", metrics)
     return metrics
 
-
-def main(argv: list[str] | None = None) -> int:
-    from sevila.cli import main as cli_main
-
-    return cli_main(["stage", "finetune_answerer", *(sys.argv[1:] if argv is None else argv)])

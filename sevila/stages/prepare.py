@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 from sevila.config import Config
 from sevila.data.annotations import Dataset, count_unlabelled, read_annotations
 from sevila.data.records import QARecord, write_records
+from sevila.data.synth import generate_world
 from sevila.io import atomic_write_json
 
 
@@ -42,8 +42,6 @@ def with_evidence(records: list[QARecord], spans: dict[str, tuple[float, float]]
 
 
 def run(cfg: Config) -> dict:
-    from sevila.data.synth import generate_world
-
     world, processed = Path(cfg.paths.world), Path(cfg.paths.processed)
     w = cfg.world
     generate_world(world, n_videos=w.videos, seed=w.seed, fps=w.fps, size=w.size)
@@ -66,8 +64,3 @@ def run(cfg: Config) -> dict:
     atomic_write_json(processed / "summary.json", summary)
     return summary
 
-
-def main(argv: list[str] | None = None) -> int:
-    from sevila.cli import main as cli_main
-
-    return cli_main(["stage", "prepare", *(sys.argv[1:] if argv is None else argv)])

@@ -7,7 +7,6 @@ truth exists, how many pseudo-positives lie inside the event)."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +101,3 @@ def read_labels(path: Path) -> dict[str, dict]:
                     raise ValueError(f"{path}:{lineno}: not a pseudo-label row ({e})") from None
     return rows
 
-
-def main(argv: list[str] | None = None) -> int:
-    from sevila.cli import main as cli_main
-
-    return cli_main(["stage", "pseudo_label", *(sys.argv[1:] if argv is None else argv)])

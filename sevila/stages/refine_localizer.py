@@ -5,11 +5,11 @@ on, the previous round's refined one), and each result is written to its own rou
 is silently overwritten."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
 
+from sevila import tracking
 from sevila.chain import clip_features, fit_module, load_model, localizer_dir, qa_prompt_pair, read_split
 from sevila.config import Config, LocalizerId
 from sevila.io import atomic_write_json
@@ -44,8 +44,6 @@ def pseudo_items(clips, labels: dict[str, dict]) -> list[dict]:
 
 
 def run(cfg: Config) -> dict:
-    from sevila import tracking
-
     labels = read_labels(label_file(cfg))
     records = [r for r in read_split(cfg, "train") if r.qid in labels]
     results = {}
@@ -67,8 +65,3 @@ def run(cfg: Config) -> dict:
     atomic_write_json(Path(cfg.paths.reports) / f"refine_localizer_r{cfg.round}.json", out)
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    from sevila.cli import main as cli_main
-
-    return cli_main(["stage", "refine_localizer", *(sys.argv[1:] if argv is None else argv)])

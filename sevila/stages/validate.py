@@ -3,7 +3,6 @@ shared between splits is caught), with each record's video checked on disk. Writ
 fails the pipeline when an expectation fails and `validate.fail_on_error` is set."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from sevila.config import Config
@@ -31,8 +30,3 @@ def run(cfg: Config) -> dict:
         raise ValidationFailed(f"validation failed ({', '.join(failed)}); see {out}")
     return {"success": report.success, "records": report.n_records, "failed": failed}
 
-
-def main(argv: list[str] | None = None) -> int:
-    from sevila.cli import main as cli_main
-
-    return cli_main(["stage", "validate", *(sys.argv[1:] if argv is None else argv)])

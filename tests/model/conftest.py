@@ -2,6 +2,8 @@
 once per session (read-only: tests that change a model build their own with `fresh_model`)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -33,8 +35,6 @@ def tiny_tokenizer(tmp_path_factory):
 
 
 def make_model(tokenizer, seed: int = 0, **overrides) -> SeViLA:
-    import dataclasses
-
     torch.manual_seed(seed)
     config = dataclasses.replace(sevila_tiny(len(tokenizer)), **overrides)
     return SeViLA(config, tokenizer)

@@ -13,13 +13,15 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from transformers import Blip2Config, Blip2ForConditionalGeneration, T5Config
 
 from sevila import prompts
-from sevila.checkpoints import (
-    PARTS, CheckpointError, CheckpointKind, LavisLayout, Numerics, build_from_blip2_dir, canonical_state,
-    detect_kind, load_blip2_weights, load_for_inference, load_into, load_lavis_checkpoint, load_sevila, read_header,
-    save_sevila, trainable_state, write_checkpoint_dir,
-)
+from sevila.checkpoint_io import CheckpointError, CheckpointKind, read_header, trainable_state, write_checkpoint_dir
+from sevila.checkpoints import PARTS, load_sevila, save_sevila
+from sevila.loading import detect_kind, load_for_inference
+from sevila.weights import canonical_state
+from sevila.weights_hf import Numerics, build_from_blip2_dir
+from sevila.weights_lavis import LavisLayout, load_lavis_checkpoint
 from sevila.tokenizer import prefix_ids, tokenize_prompts
 
 from .conftest import QUESTIONS
@@ -162,8 +164,6 @@ def test_detect_kind(tmp_path, model_factory):
 
 def _tiny_blip2(vocab: int):
     """An HF Blip2ForConditionalGeneration with sevila_tiny's shapes and a Flan-T5-style (unscaled) T5."""
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, T5Config
-
     text = T5Config(vocab_size=vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2, num_heads=4,
                     relative_attention_num_buckets=8, relative_attention_max_distance=32,
                     feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
@@ -375,7 +375,7 @@ def test_localizer_only_official_checkpoint(tmp_path, model_factory, batch):
     torch.save({"model": to_lavis(src, answerer=False, backbone=False)}, path)
     dst = model_factory(seed=4)
     before = {k: v.clone() for k, v in dst.state_dict().items()}
-    report = load_into(dst, path)
+    report = load_lavis_checkpoint(dst, path)
     assert report.set_parts == ("localizer",) and report.untouched == ("vision", "t5", "answerer")
     assert state_equal(dst, src, "localizer.")
     assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items() if not k.startswith("localizer."))

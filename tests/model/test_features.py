@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from sevila import features as F
+from sevila import prompts
 from sevila.data.records import MomentRecord, QARecord
 from sevila.data.synth import write_mp4
 from sevila.data.video import BadVideoPolicy, SkipLog, read_frames
@@ -207,8 +208,6 @@ def test_score_frames_matches_the_localizer_on_cached_features(tmp_path, videos,
     cache = FeatureCache(tmp_path / "c", fresh_model)
     scored = score_frames(fresh_model, videos["v2"], "a red square appears", N, cache=cache)
     feats, meta = cache.get(videos["v2"], N)
-    from sevila import prompts
-
     with torch.no_grad():
         want = fresh_model.localize(feats[None], [prompts.qvh_localizer_prompt("a red square appears")]).scores[0]
     assert [t for t, _ in scored] == meta.timestamps.tolist()

@@ -340,7 +340,7 @@ def test_forced_per_frame_logits_give_hand_worked_results(tiny_model, batch, mon
         assert inputs.embeds.shape[0] == 12 and n_options.tolist() == [5] * 4 + [4] * 4 + [2] * 4
         return hand.reshape(12, 5).clone()
 
-    monkeypatch.setattr(tiny_model, "_option_logits", forced)
+    monkeypatch.setattr(tiny_model, "option_logits", forced)
     res = tiny_model.answer(feats, qa, n_opt, selector="all", fusion="vote", n_keyframes=4, gold=[0, 1, 1])
     # q0: C has 2 votes -> C; q1: B, D tie 2-2, sums B = 2+0+3+0 = 5 < D = 0+7+0+1 = 8 -> D; q2: A (3 votes)
     assert res.pred.tolist() == [2, 3, 0]
@@ -364,7 +364,7 @@ def test_forced_localizer_logits_pick_hand_worked_keyframes(tiny_model, batch, m
         logits[:, 0, yes] = hand.reshape(18)
         return logits
 
-    monkeypatch.setattr(tiny_model, "_decode", forced)
+    monkeypatch.setattr(tiny_model, "decode", forced)
     out = tiny_model.localize(feats, loc, n_keyframes=3)
     assert torch.equal(out.scores, hand)
     assert out.keyframes.tolist() == [[1, 3, 5], [0, 1, 2], [0, 1, 2]]

@@ -1,20 +1,23 @@
-"""The self-chained stages on a tiny world with a tiny random backbone: each stage runs alone through
-`run(cfg)`, reads the previous stage's outputs, and writes the files and metric keys it promises."""
+"""The self-chained stages on a tiny world with a tiny random backbone: each stage runs through `run(cfg)`, reads
+the previous stage's outputs, and writes the files and metric keys it promises. Every test runs alone: `chain`
+runs a stage's prerequisites first, each stage at most once per session, on one tiny project.
+
+The pinned numbers are the seeded tiny chain's (random backbone, seed 0; 3 test, 10 train questions) on CPU."""
+import dataclasses
 import json
+import logging
+import os
 
+import numpy as np
 import pytest
-import torch
-import yaml
 
-from sevila.checkpoints import read_header, save_sevila
+from sevila import cli
+from sevila.checkpoints import read_header
 from sevila.config import load_config
 from sevila.data.records import read_records
-from sevila.data.synth import world_text
-from sevila.model import SeViLA, sevila_tiny
-from sevila.stages import evaluate, finetune_answerer, prepare, pretrain_localizer, pseudo_label, refine_localizer
-from sevila.tokenizer import build_tiny_tokenizer
+from sevila.stages import evaluate, finetune_answerer, pretrain_localizer, pseudo_label, refine_localizer
+from sevila.stages.pretrain_localizer import moment_windows
 
-TRAIN = {"lr": 1e-3, "epochs": 1, "batch_size": 4, "micro_batch": 4, "checkpoint_every": 2}
 VARIANTS = {
     "f8k2_qvh_sr": {"study": "components", "selector": "localizer", "n_frames": 8, "n_keyframes": 2,
                     "localizer": "qvh_sr", "answerer": "finetuned"},
@@ -24,73 +27,118 @@ VARIANTS = {
     "voting": {"study": "baseline", "selector": "all", "fusion": "vote", "n_frames": 8},
     "oracle": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 8},
 }
+ORDER = {"pretrain_localizer": pretrain_localizer, "pseudo_label": pseudo_label,
+         "refine_localizer": refine_localizer, "finetune_answerer": finetune_answerer, "evaluate": evaluate}
 
 
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    root = tmp_path_factory.mktemp("chain")
-    params = {
-        "paths": {k: str(root / k) for k in ("world", "processed", "reports", "models", "runs")},
-        "world": {"videos": 6, "seed": 5, "fps": 4, "size": 32},
-        "model": {"weights": str(root / "backbone")},
-        "frames": {"n_frames": 8, "n_keyframes": 2, "cache": str(root / "features")},
-        "pretrain_localizer": {"train": TRAIN},
-        "refine_localizer": {"train": TRAIN},
-        "finetune_answerer": {"train": TRAIN},
-        "evaluate": {"split": "test", "variants": VARIANTS},
-    }
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    cfg = load_config(root / "params.yaml")
-    prepare.run(cfg)
-    tok = build_tiny_tokenizer(world_text(), root / "tok", vocab_size=256)
-    torch.manual_seed(0)
-    save_sevila(SeViLA(sevila_tiny(len(tok)), tok), root / "backbone", modules=("vision", "t5", "localizer", "answerer"))
-    return cfg
+class Chain:
+    """The tiny project's stage results, each stage run once, after the stages before it."""
+
+    def __init__(self, params):
+        self.params, self.cfg, self.results = params, load_config(params), {}
+
+    def __getitem__(self, name: str) -> dict:
+        for stage in list(ORDER)[:list(ORDER).index(name) + 1]:
+            if stage not in self.results:
+                self.results[stage] = ORDER[stage].run(self.cfg)
+        return self.results[name]
 
 
-def test_pretrain_localizer_writes_a_localizer_only_checkpoint(cfg):
-    metrics = pretrain_localizer.run(cfg)
-    assert metrics["steps"] >= 1 and {"val_frame_auc", "val_keyframe_in_span"} <= set(metrics)
-    assert read_header(f"{cfg.paths.models}/localizer/qvh").parts == ("localizer",)
+@pytest.fixture(scope="session")
+def chain(make_tiny_project) -> Chain:
+    return Chain(make_tiny_project("chain", VARIANTS))
 
 
-def test_pseudo_labels_cover_every_train_question(cfg):
-    stats = pseudo_label.run(cfg)
-    rows = [json.loads(line) for line in open(f"{cfg.paths.runs}/round1/pseudo_labels.jsonl")]
-    train = read_records(f"{cfg.paths.processed}/train.jsonl")
+def test_pretrain_localizer_writes_a_localizer_only_checkpoint(chain):
+    metrics = chain["pretrain_localizer"]
+    assert read_header(f"{chain.cfg.paths.models}/localizer/qvh").parts == ("localizer",)
+    assert metrics["steps"] == 1 and metrics["final_loss"] == pytest.approx(16.84022331, rel=1e-5)
+    assert (metrics["val_frame_auc"], metrics["val_keyframe_in_span"]) == (100.0, 100.0)
+
+
+def test_pretrain_localizer_reports_moment_retrieval(chain):
+    metrics = chain["pretrain_localizer"]
+    # QVHighlights R1@0.5, R1@0.7 and mAP of the one val moment query, before and after training
+    # (the top window overlaps the moment with 0.5 <= IoU < 0.7; AP is 1 at IoU 0.5-0.6, 0 above: mAP 30)
+    assert {k: metrics[k] for k in sorted(metrics) if "_mr_" in k} == {
+        "val_mr_map": 30.0, "val_mr_map_before": 30.0, "val_mr_r1_iou50": 100.0, "val_mr_r1_iou50_before": 100.0,
+        "val_mr_r1_iou70": 0.0, "val_mr_r1_iou70_before": 0.0}
+
+
+def test_moment_windows_scale_each_query_and_merge_adjacent_frames():
+    t = np.array([0.5, 1.5, 2.5, 3.5, 4.5, 5.5])  # 1 s segments
+    logits = np.array([-4.0, 3.0, 2.0, -4.0, 1.0, -2.0])  # scaled: 0, 1, .857, 0, .714, .286
+    windows = moment_windows(t, logits, duration=6.0)
+    assert [w[:2] for w in windows] == [[1.0, 3.0], [4.0, 5.0]]  # frames 1-2 merged; frame 4 alone
+    assert [round(w[2], 4) for w in windows] == [0.9286, 0.7143]  # mean scaled score, best first
+    assert moment_windows(t, np.zeros(6), duration=6.0) == [[0.0, 6.0, 1.0]]  # no preference: the whole video
+
+
+def test_pseudo_labels_cover_every_train_question(chain):
+    stats = chain["pseudo_label"]
+    rows = [json.loads(line) for line in open(f"{chain.cfg.paths.runs}/round1/pseudo_labels.jsonl")]
+    train = read_records(f"{chain.cfg.paths.processed}/train.jsonl")
     assert sorted(r["qid"] for r in rows) == sorted(r.qid for r in train)
     assert all(len(r["labels"]) == len(r["margins"]) == len(r["timestamps"]) == 8 and r["round"] == 1 for r in rows)
     # a frame is positive iff the Answerer's gold-option margin is positive (it wins the argmax)
     assert all(lab == (m > 0) for r in rows for lab, m in zip(r["labels"], r["margins"]))
-    assert stats["questions"] == len(rows) and 0 <= stats["share_no_positive"] <= 1
-    assert {"positive_precision_vs_event", "event_frame_recall"} <= set(stats)
+    assert stats["questions"] == len(rows) == 10
+    assert (stats["share_no_positive"], stats["positives_per_question"]) == (0.8, 1.6)
+    assert (stats["positive_precision_vs_event"], stats["event_frame_recall"]) == pytest.approx((1 / 8, 2 / 13))
 
 
-def test_refine_writes_both_round_suffixed_localizers(cfg):
-    out = refine_localizer.run(cfg)
+def test_refine_writes_both_round_suffixed_localizers(chain):
+    out = chain["refine_localizer"]
     assert set(out["localizers"]) == {"sr", "qvh_sr"}
     assert out["localizers"]["qvh_sr"]["from"] == "qvh" and out["localizers"]["sr"]["from"] == "none"
     for name in ("sr_r1", "qvh_sr_r1"):
-        assert read_header(f"{cfg.paths.models}/localizer/{name}").parts == ("localizer",)
+        assert read_header(f"{chain.cfg.paths.models}/localizer/{name}").parts == ("localizer",)
+    assert [out["localizers"][n]["final_loss"] for n in ("sr", "qvh_sr")] == pytest.approx([16.94565964, 15.77462769],
+                                                                                          rel=1e-5)
 
 
-def test_finetune_answerer_on_localizer_keyframes(cfg):
-    metrics = finetune_answerer.run(cfg)
-    assert metrics["frames"] == "localizer" and metrics["localizer"] == "qvh_sr" and metrics["steps"] >= 1
-    assert read_header(f"{cfg.paths.models}/answerer/finetuned_r1").parts == ("answerer",)
+def test_finetune_answerer_on_localizer_keyframes(chain):
+    metrics = chain["finetune_answerer"]
+    assert metrics["frames"] == "localizer" and metrics["localizer"] == "qvh_sr" and metrics["steps"] == 2
+    assert read_header(f"{chain.cfg.paths.models}/answerer/finetuned_r1").parts == ("answerer",)
+    assert (metrics["first_loss"], metrics["final_loss"]) == pytest.approx((17.27667809, 16.79939842), rel=1e-5)
 
 
-def test_evaluate_every_variant(cfg):
-    results = evaluate.run(cfg)
+def test_evaluate_every_variant(chain):
+    results = chain["evaluate"]
     assert set(results) == set(VARIANTS)
-    n_test = len(read_records(f"{cfg.paths.processed}/test.jsonl"))
+    n_test = len(read_records(f"{chain.cfg.paths.processed}/test.jsonl"))
     for name, m in results.items():
-        assert m["count"] == n_test and 0 <= m["accuracy"] <= 100
-        preds = [json.loads(line) for line in open(f"{cfg.paths.runs}/round1/eval/{name}/predictions.jsonl")]
+        # a random backbone: one of the 3 test questions right, whatever the frames
+        assert m["count"] == n_test == 3 and m["accuracy"] == pytest.approx(100 / 3)
+        preds = [json.loads(line) for line in open(f"{chain.cfg.paths.runs}/round1/eval/{name}/predictions.jsonl")]
         assert len(preds) == n_test
         k = VARIANTS[name].get("n_keyframes", 8) if VARIANTS[name]["selector"] in ("localizer", "uniform") else 8
         assert all(len(p["keyframes"]) == k and p["keyframes"] == sorted(p["keyframes"]) for p in preds)
-    assert "keyframe_in_span" in results["f8k2_qvh_sr"] and "frame_auc" in results["f8k2_qvh_sr"]
-    assert "frame_auc" not in results["uniform_f2"]
-    # the oracle counts a question right when any single frame is: never below voting over the same frames
-    assert results["oracle"]["accuracy"] >= results["voting"]["accuracy"]
+    assert (results["f8k2_qvh_sr"]["keyframe_in_span"], results["f8k2_qvh_sr"]["frame_auc"]) == (100.0, 100.0)
+    assert results["uniform_f2"]["keyframe_in_span"] == 0.0 and "frame_auc" not in results["uniform_f2"]
+
+
+def test_a_bad_setting_writes_nothing(chain, capsys):
+    # issue 12: n_frames=0 used to mean "the default" (32 frames) and replaced the variant's predictions
+    chain["evaluate"]
+    preds = chain.cfg.paths.runs + "/round1/eval/f8k2_qvh_sr/predictions.jsonl"
+    before = (open(preds).read(), os.stat(preds).st_mtime_ns)
+    rc = cli.main(["stage", "evaluate", "-p", str(chain.params), "-o", "evaluate.variants.f8k2_qvh_sr.n_frames=0"])
+    assert rc == 2
+    assert "evaluate.variants.f8k2_qvh_sr.n_frames: 0 must be >= 1" in capsys.readouterr().err
+    assert (open(preds).read(), os.stat(preds).st_mtime_ns) == before
+
+
+def test_training_resumes_only_on_the_same_inputs(chain, caplog):
+    # issue 12: the resume key hashed only settings, item count and output folder, so a 16-frame run "resumed"
+    # the 32-frame one and republished it
+    first = chain["pretrain_localizer"]
+    caplog.set_level(logging.INFO, logger="sevila.train")
+    assert pretrain_localizer.run(chain.cfg) == first  # same inputs: the finished run is picked up, not retrained
+    assert "resuming at step 1/1" in caplog.text
+    caplog.clear()
+    four = dataclasses.replace(chain.cfg, frames=dataclasses.replace(chain.cfg.frames, n_frames=4))
+    pretrain_localizer.run(four)  # other features (4 frames): trains afresh
+    assert "resuming" not in caplog.text
+    assert pretrain_localizer.run(chain.cfg) == first  # and the 8-frame run is still there to resume

@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_toy import Toy, make_dataset, make_eval_fn, mse_loss  # noqa: E402
 
 from sevila.runlog import JsonlLogger, read_jsonl, read_metrics  # noqa: E402
-from sevila.train import CheckpointError, TrainConfig, load_state_file, load_weights_file, train  # noqa: E402
+from sevila.checkpoint_io import CheckpointError, load_state_file, load_tensors, read_header  # noqa: E402
+from sevila.train import TrainConfig, train  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -43,19 +44,18 @@ def _finish(proc: subprocess.Popen) -> tuple[int, str]:
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
-    wa, meta_a = load_weights_file(a / "last" / "trainable.safetensors")
-    wb, meta_b = load_weights_file(b / "last" / "trainable.safetensors")
+    wa, meta_a = load_tensors(a / "last"), read_header(a / "last")
+    wb, meta_b = load_tensors(b / "last"), read_header(b / "last")
     assert sorted(wa) == sorted(wb)
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
-    assert meta_a == meta_b
+    assert (meta_a.step, meta_a.parts, meta_a.run_config) == (meta_b.step, meta_b.parts, meta_b.run_config)
     sa, sb = load_state_file(a / "last" / "state.pt"), load_state_file(b / "last" / "state.pt")
     for i, st in sa["optimizer"]["state"].items():
         for k in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(st[k], sb["optimizer"]["state"][i][k]), (i, k)
     assert sa["history"] == sb["history"]
-    best_a, _ = load_weights_file(a / "best" / "trainable.safetensors")
-    best_b, _ = load_weights_file(b / "best" / "trainable.safetensors")
+    best_a, best_b = load_tensors(a / "best"), load_tensors(b / "best")
     assert all(torch.equal(best_a[k], best_b[k]) for k in best_a)
 
 
@@ -105,7 +105,7 @@ def _interrupting(after_calls: int):
 
 
 def _cfg(**kw) -> TrainConfig:
-    return TrainConfig(**(dict(lr=2e-2, epochs=3, batch_size=8, micro_batch=4, warmup_steps=2, seed=11,
+    return TrainConfig(**(dict(lr=2e-2, epochs=3, batch_size=8, micro_batch=4, warmup_steps=2, seed=11, grad_clip=None,
                                checkpoint_every=2, progress=False) | kw))
 
 
@@ -145,7 +145,7 @@ def test_rerun_of_a_finished_run_trains_nothing(tmp_path):
     again = train(model, data, mse_loss, _cfg(epochs=1), tmp_path, logger=JsonlLogger(tmp_path / "m.jsonl"))
     assert again.resumed_from == again.step == first.step == 2
     assert again.history == first.history
-    weights, _ = load_weights_file(tmp_path / "last" / "trainable.safetensors")
+    weights = load_tensors(tmp_path / "last")
     assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters() if p.requires_grad)
     assert read_metrics(tmp_path / "m.jsonl") == {}  # nothing new was trained, so nothing logged
 

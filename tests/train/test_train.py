@@ -18,14 +18,14 @@ from _train_toy import Toy, make_dataset, make_eval_fn, mse_loss  # noqa: E402
 
 from sevila import train as T  # noqa: E402
 from sevila.runlog import JsonlLogger, read_metrics  # noqa: E402
-from sevila.train import (  # noqa: E402
-    CheckpointError, Goal, Precision, TrainConfig, epoch_batches, load_state_file, load_weights, lr_at,
-    param_groups, recover_dir, train, use_bf16, write_checkpoint_dir,
+from sevila.checkpoint_io import (  # noqa: E402
+    CheckpointError, load_state_file, load_tensors, load_weights, recover_dir, write_checkpoint_dir,
 )
+from sevila.train import Goal, Precision, TrainConfig, epoch_batches, lr_at, param_groups, train, use_bf16  # noqa: E402
 
 
 def cfg(**kw) -> TrainConfig:
-    base = dict(lr=1e-2, epochs=1, batch_size=8, micro_batch=2, seed=3, progress=False)
+    base = dict(lr=1e-2, epochs=1, batch_size=8, micro_batch=2, grad_clip=None, seed=3, progress=False)
     return TrainConfig(**(base | kw))
 
 
@@ -157,7 +157,7 @@ def test_checkpoint_holds_only_trainable_weights_and_safe_state(tmp_path):
     assert json.loads((last / "meta.json").read_text())["n_trainable_values"] == 12 * 12 + 12 + 12 + 12 + 12 + 1
     fresh = Toy()
     report = load_weights(fresh, last)
-    assert report.modules == ["head"] and report.step == 4 and report.n_tensors == 6
+    assert report.set_parts == ("head",) and report.step == 4 and report.n_tensors == 6
     for (n, p), (_, q) in zip(model.named_parameters(), fresh.named_parameters()):
         assert torch.equal(p, q), n
 
@@ -213,7 +213,7 @@ def test_checkpoint_write_is_atomic_old_one_survives_a_failed_write(tmp_path, mo
 
 
 def load_weights_file_tensor(d: Path) -> torch.Tensor:
-    return T.load_weights_file(d / "trainable.safetensors")[0]["a"]
+    return load_tensors(d)["a"]
 
 
 def test_recovery_after_a_crash_between_the_two_renames(tmp_path):

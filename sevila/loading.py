@@ -1,0 +1,85 @@
+"""One entry point for any weights: tell the formats apart by their files and build a ready model
+(`load_for_inference`), every load reported. The formats: ours (sevila.checkpoints), transformers BLIP-2
+directories (sevila.weights_hf), official SeViLA / LAVIS .pth files (sevila.weights_lavis)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from sevila.checkpoint_io import TOKENIZER_DIR, WEIGHTS_FILE, CheckpointError, CheckpointKind, WeightsReport, read_header
+from sevila.checkpoints import checkpoint_tokenizer, load_sevila
+from sevila.model import SeViLAConfig
+from sevila.weights import empty_model
+from sevila.weights_hf import (
+    Numerics, attach_dir_tokenizer, build_from_blip2_dir, config_from_blip2, load_blip2_weights, read_blip2_config,
+)
+from sevila.weights_lavis import LavisLayout, load_lavis_checkpoint
+
+
+def detect_kind(path: str | Path) -> CheckpointKind:
+    """Tell the three formats apart by their files (never by guessing from names inside)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / WEIGHTS_FILE).is_file():
+            return CheckpointKind.SEVILA
+        if (path / "config.json").is_file():
+            return CheckpointKind.HF_BLIP2
+        raise CheckpointError(f"{path}: neither a SeViLA checkpoint ({WEIGHTS_FILE}) nor a transformers BLIP-2 "
+                              "directory (config.json)")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if path.suffix == ".safetensors":
+        return CheckpointKind.SEVILA
+    if path.suffix in (".pth", ".pt", ".bin"):
+        return CheckpointKind.LAVIS
+    raise CheckpointError(f"{path}: unknown checkpoint file type {path.suffix!r} (expected a directory, "
+                          ".safetensors, or a LAVIS .pth)")
+
+
+def load_for_inference(weights: str | Path, backbone: str | Path | None = None, *,
+                       layout: LavisLayout = LavisLayout.SEVILA, numerics: Numerics = Numerics.LAVIS
+                       ) -> tuple[nn.Module, list[WeightsReport]]:
+    """A ready model from `weights` (our checkpoint dir, an HF BLIP-2 dir, or a LAVIS .pth), with `backbone` (an
+    HF BLIP-2 dir) supplying whatever the weights do not hold. Every part ends up loaded (never left random), and the
+    reports say from where, in load order."""
+    kind = detect_kind(weights)
+    reports: list[WeightsReport] = []
+    if kind is CheckpointKind.HF_BLIP2:
+        if backbone is not None:
+            raise CheckpointError(f"{weights} is a complete BLIP-2 directory; a backbone is not needed")
+        model, rep = build_from_blip2_dir(weights, numerics=numerics)
+        reports.append(rep)
+    elif kind is CheckpointKind.SEVILA:
+        header = read_header(weights)
+        if backbone is None:
+            model, rep = load_sevila(weights)
+            reports.append(rep)
+        else:
+            if header.model_config is not None:
+                config = SeViLAConfig.from_dict(header.model_config)
+            else:  # a training checkpoint: the backbone directory gives the sizes
+                config = config_from_blip2(read_blip2_config(backbone), numerics)
+            model, rep = with_backbone(config, checkpoint_tokenizer(header), backbone)
+            reports += [rep, load_sevila(weights, model)[1]]
+    else:
+        if backbone is None:
+            raise CheckpointError(f"{weights}: a LAVIS/SeViLA .pth holds the bridges (and maybe the ViT/T5) in LAVIS "
+                                  "form; give the BLIP-2 backbone directory as well (CLI: --backbone)")
+        model, rep = build_from_blip2_dir(backbone, numerics=numerics)
+        reports += [rep, load_lavis_checkpoint(model, weights, layout)]
+    if getattr(model, "tokenizer", None) is None:
+        raise CheckpointError(f"{weights}: no tokenizer found (expected {TOKENIZER_DIR}/ beside our checkpoint, or "
+                              "tokenizer files in the BLIP-2 directory)")
+    return model, reports
+
+
+def with_backbone(config, tokenizer, backbone: str | Path) -> tuple[nn.Module, WeightsReport]:
+    """A model of `config` whose every part is first loaded from the BLIP-2 directory `backbone`."""
+    model = empty_model(config, tokenizer)
+    report = load_blip2_weights(model, backbone)
+    if model.tokenizer is None:
+        attach_dir_tokenizer(model, Path(backbone))
+    return model, report
+
+

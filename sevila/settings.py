@@ -1,0 +1,156 @@
+"""The typed settings that more than one module reads, each defined once and free of torch (DESIGN.md §3: typed
+enums, never mode strings): params.yaml is read into them by sevila.config, the training loop (sevila.train),
+frame selection (sevila.selection), the model and the MLflow tags (sevila.tracking) all use these same names.
+
+- `Selector`, `Fusion`: which frames the Answerer reads and how per-frame answers become one (sevila.selection).
+- `LocalizerId`, `AnswererId`: which trained module a stage or ablation variant uses (paper §3.2-3.3).
+- `FrameSelection`: the frames the Answerer is fine-tuned on.
+- `TrainConfig` (with `Precision`): the settings of one run of the training loop, as a stage's `train:` block.
+
+Settings check themselves on construction; a bad value raises `InvalidSetting`, which names the field, so the
+config loader can report the dotted key (`pretrain_localizer.train.lr`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class InvalidSetting(ValueError):
+    """A setting's value is out of range; `key` is the field name (the config loader prefixes its section)."""
+
+    def __init__(self, key: str, value: Any, why: str) -> None:
+        super().__init__(f"{key}={value!r}: {why}")
+        self.key, self.value, self.why = key, value, why
+
+
+class Selector(str, enum.Enum):
+    """Frames the Answerer reads: UNIFORM (k of the n sampled frames, evenly), LOCALIZER (the Localizer's top-k,
+    in temporal order: SeViLA), ALL (all n frames), ORACLE (all n frames, each answered alone; correct iff any
+    single frame is: the paper's upper bound, Table 9)."""
+
+    UNIFORM = "uniform"
+    LOCALIZER = "localizer"
+    ORACLE = "oracle"
+    ALL = "all"
+
+    @property
+    def uses_keyframes(self) -> bool:
+        """Whether the selector picks `n_keyframes` of the `n_frames` (the others read every frame)."""
+        return self in (Selector.UNIFORM, Selector.LOCALIZER)
+
+
+class Fusion(str, enum.Enum):
+    """How the chosen frames become one answer: CONCAT (one Answerer sequence: SeViLA, BLIP-2 concat) or VOTE
+    (each frame answered alone, majority vote: BLIP-2 voting)."""
+
+    CONCAT = "concat"
+    VOTE = "vote"
+
+
+class LocalizerId(str, enum.Enum):
+    """Which Localizer a stage or variant uses; the names are the variant-name suffixes (DESIGN.md §3)."""
+
+    BACKBONE = "none"  # the backbone's own Q-Former (BLIP-2's): no pre-training, no self-refinement
+    QVH = "qvh"  # pre-trained on moment labels (paper §3.3)
+    SR = "sr"  # self-refined from the backbone's Q-Former (paper §3.2)
+    QVH_SR = "qvh_sr"  # pre-trained, then self-refined
+
+    @property
+    def pretrained(self) -> bool:
+        return self in (LocalizerId.QVH, LocalizerId.QVH_SR)
+
+    @property
+    def refined(self) -> bool:
+        return self in (LocalizerId.SR, LocalizerId.QVH_SR)
+
+
+class AnswererId(str, enum.Enum):
+    ZERO_SHOT = "zero_shot"  # the backbone's Q-Former in the Answerer slot
+    FINETUNED = "finetuned"  # fine-tuned on keyframes (forward chain, paper §3.1)
+
+
+class FrameSelection(str, enum.Enum):
+    """Frames the Answerer is fine-tuned on: the Localizer's keyframes (SeViLA) or the ablations' alternatives."""
+
+    LOCALIZER = "localizer"
+    UNIFORM = "uniform"
+    RANDOM = "random"
+
+
+class Precision(str, enum.Enum):
+    """Autocast policy. AUTO: bf16 autocast on a CUDA device that supports bf16, fp32 elsewhere (CPU bf16
+    matmuls are slow on most CPUs and change numerics, so CPU runs stay fp32 unless BF16 is asked for).
+    BF16: autocast to bf16 on any device. FP32: never autocast."""
+
+    AUTO = "auto"
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings of one training run (a stage's `train:` block in params.yaml). Everything that determines the
+    trajectory is compared on resume. Defaults are the tiny world's; the paper's values for real runs are in
+    params.yaml's comments."""
+
+    lr: float = 1e-4  # peak learning rate, reached at the end of warm-up
+    epochs: int = 1
+    batch_size: int = 16  # GLOBAL examples per optimizer step (all processes, all micro-steps together)
+    micro_batch: int = 16  # examples per forward pass on one process
+    weight_decay: float = 0.05  # on matrices only, see sevila.train.param_groups
+    warmup_steps: int = 0  # optimizer steps of linear warm-up
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr
+    grad_clip: float | None = 1.0  # max global L2 norm of the trainable gradients; None: no clipping
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    checkpoint_every: int = 200  # optimizer steps between `last/` checkpoints; the final step always saves
+    eval_every: int | None = None  # optimizer steps between eval_fn calls; eval_fn also runs at the end
+    max_steps: int | None = None  # at most this many steps; the schedule then spans max_steps
+    seed: int = 0
+    precision: Precision = Precision.AUTO
+    num_workers: int = 0  # DataLoader worker processes
+    find_unused_parameters: bool = False  # DDP: set when some trainable params get no gradient in a step
+    progress: bool = True  # tqdm bars (only on rank 0 and only when stderr is a terminal)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise InvalidSetting(name, getattr(self, name), why)
+
+        for name in ("epochs", "batch_size", "micro_batch", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        for name in ("eval_every", "max_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                bad(name, "must be >= 1 or null")
+        if not self.lr > 0:
+            bad("lr", "must be > 0")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", "must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            bad("min_lr_ratio", "must be in [0, 1]")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            bad("grad_clip", "must be > 0 or null")
+        if self.batch_size % self.micro_batch:
+            bad("batch_size", f"must be a multiple of micro_batch={self.micro_batch}")
+        if self.num_workers < 0:
+            bad("num_workers", "must be >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            bad("betas", "must be two numbers in [0, 1)")
+        if not self.eps > 0:
+            bad("eps", "must be > 0")
+        try:
+            object.__setattr__(self, "precision", Precision(self.precision))
+        except ValueError:
+            bad("precision", f"must be one of {[p.value for p in Precision]}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["precision"] = self.precision.value
+        d["betas"] = list(self.betas)
+        return d
