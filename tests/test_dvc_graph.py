@@ -97,7 +97,7 @@ def test_stages_chain_in_pipeline_order(stages):
     expected |= {n: expected["finetune_answerer"] | {"finetune_answerer"} for n in evaluates}
     # DVC's edges point from a stage to the stages it depends on: descendants = everything upstream
     assert {n: {d.addressing for d in nx.descendants(graph, s)} for n, s in by_name.items()} == expected
-    assert list(STAGES) == CHAIN  # flows.pipeline runs STAGES in this (topological) order
+    assert list(STAGES) == CHAIN  # STAGES is kept in dvc.yaml's (topological) order
 
 
 def test_no_two_stages_share_or_nest_an_output(stages):
