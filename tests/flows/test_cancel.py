@@ -3,6 +3,7 @@ Prefect, not Failed or Crashed, and ends the stage process it was running (dvc a
 of leaving it to train on. Run on the temporary Prefect server with a one-stage DVC project whose stage sleeps."""
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -53,6 +54,5 @@ def test_a_cancelled_flow_run_ends_cancelled_and_stops_its_stage(tmp_path):
     assert run.state.type.value == "CANCELLED"
     assert pids and not tasks._children  # the stage's process (group) was ended with the flow run
     with pytest.raises(ProcessLookupError):
-        import os
         os.killpg(pids[0], 0)
     assert not (params.parent / "dvc.lock").exists()  # DVC recorded nothing for the stage that did not finish

@@ -5,7 +5,6 @@ whole process group, and the Dask dashboard listens on the loopback only. The DV
 that are shell commands, so every test runs in seconds."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -151,13 +150,11 @@ def test_an_interrupted_stage_ends_its_whole_process_group():
 def test_stop_all_ends_the_stages_still_running_from_other_threads():
     import threading
 
-    started = threading.Event()
     t = threading.Thread(target=lambda: stream(["sleep", "60"], ".", lambda _: None), daemon=True)
     t.start()
     deadline = time.monotonic() + 10
     while not tasks._children and time.monotonic() < deadline:
         time.sleep(0.05)
-    started.set()
     assert tasks.stop_all() == 1
     t.join(10)
     assert not t.is_alive() and not tasks._children
