@@ -1,12 +1,13 @@
-"""Prefect 3 flows over the pipeline stages (DESIGN.md §3: DVC owns the graph, Prefect schedules and runs it).
+"""Prefect 3 flows over the DVC graph (DESIGN.md §3; issue 11 item 4: DVC owns the graph, Prefect runs it).
 
-Thin by rule: every task calls `sevila.stages.run_stage` (the same `run(cfg)` that `dvc repro` reaches through
-`sevila stage NAME`), so no stage logic lives here; flows only decide order, overrides and when to stop.
+Thin by rule: a task runs one stage of dvc.yaml THROUGH DVC (`dvc repro --single-item <stage>`, flows.tasks), the
+tasks' dependencies are read from DVC's index (flows.graph), and a task returns the stage's metrics file, so
+dvc.lock stays the truth and the Prefect UI shows the graph's progress and the stages' output. No stage logic
+lives here; flows only decide order, which round and when to stop.
 
-- flows.pipeline: `pipeline` (the whole chain, then the ablation sweep and the report) and `ablation_sweep`
-  (every evaluate variant as its own task; threads by default, Dask with `--dask`).
-- flows.refine_rounds: `refine_round` (one self-refinement round N from round N-1's models, returning whether
-  another round is worth it) and `refine_rounds` (rounds until that says stop).
+- flows.pipeline: `pipeline` (every stage of dvc.yaml) and `ablation_sweep` (the evaluate@<variant> stages).
+- flows.refine_rounds: `refine_round` (one self-refinement round N, returning whether another round is worth it;
+  rounds beyond the graph's are versioned by rounds/round<N>.dvc) and `refine_rounds` (rounds until stop).
 - flows.deploy: the scheduled self-refinement deployment (`python -m flows.deploy`).
 
 Every flow run opens one MLflow parent run (sevila.tracking.parent_run); the stages' runs nest under it.

@@ -11,6 +11,16 @@ refine_localizer (sr / qvh_sr from their round N-1 versions; round 1: from the b
 The stages themselves pick round N-1's models from the round number (sevila.chain paths); this flow checks
 that those inputs exist before it starts and says which stage of which round makes a missing one.
 
+DVC and the rounds (issue 11 item 4). The round of params.yaml (`round`, default 1) IS the DVC graph's round:
+its stages run through DVC (`dvc repro --single-item`, flows.tasks.dvc_stage), so dvc.lock stays the truth and
+a round already built by `sevila repro` or flows.pipeline reruns nothing. Any other round N is outside the
+graph (dvc.yaml's deps for `${round}` name round 1's inputs, not round N-1's models, so `dvc exp run -S
+round=N` would record false deps, and would replace round 1's entries in dvc.lock): its stages run as
+`sevila stage NAME -o round=N ...` (flows.tasks.stage_outside), then `rounds/round<N>.dvc` lists every output
+and metrics file dvc.yaml declares for those stages at round N (models, pseudo-labels, predictions, metrics)
+and `dvc commit` caches them (flows.tasks.version_round). dvc.lock is untouched and still true; each later
+round is versioned by its .dvc file (commit it to git; `dvc checkout rounds/round2.dvc` restores the round).
+
 Stopping rule (`decide`): stop at `max_rounds`, or when the main variant's accuracy on `evaluate.split`
 improved by less than `min_improvement` points over round N-1. Round 1 has nothing to compare with, so only
 `max_rounds` stops it. Accuracies are read back from runs/round<N>/eval/<variant>/metrics.json, so a scheduled
@@ -32,7 +42,8 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.tasks import evaluate_variant, flow_parent_run, stage
+from flows.graph import PARAMS_FILE, project_root
+from flows.tasks import dvc_stage, flow_parent_run, stage_outside, version_round
 from sevila.chain import answerer_dir, localizer_dir, round_dir
 from sevila.config import AnswererId, Config, LocalizerId, load_config
 from sevila.selection import Fusion, Selector
@@ -147,9 +158,27 @@ def next_round(done: dict[int, float], max_rounds: int, min_improvement: float) 
     return (last + 1 if proceed else None), reason
 
 
+def resolve_round(params: str, round_: int | None, max_rounds: int, min_improvement: float,
+                  variant: str | None, overrides: list[str] | None) -> tuple[Config, str, int | None, str]:
+    """(settings without the round's overrides, the watched variant, the round to run or None, why)."""
+    base = load_config(params, list(overrides or []))
+    variant = variant or main_variant(base)
+    if variant not in base.evaluate.variants:
+        raise ValueError(f"variant {variant!r} is not in evaluate.variants of {params}")
+    if round_ is not None:
+        return base, variant, round_, f"round {round_} asked for"
+    found, why = next_round(history(base, variant), max_rounds, min_improvement)
+    return base, variant, found, why
+
+
 def _run_name() -> str:
-    r = flow_run.parameters.get("round")
-    return f"refine-round-{r if r is not None else 'next'}"
+    """The flow run's name: the round it will run, resolved as the flow does (so the Prefect run and the MLflow
+    parent run `refine-round-<N>` share a name); `refine-round-none` when the stopping rule already said stop."""
+    p = flow_run.parameters
+    round_ = resolve_round(p.get("params", "params.yaml"), p.get("round"), p.get("max_rounds", DEFAULT_MAX_ROUNDS),
+                           p.get("min_improvement", DEFAULT_MIN_IMPROVEMENT), p.get("variant"),
+                           p.get("overrides"))[2]
+    return f"refine-round-{round_ if round_ is not None else 'none'}"
 
 
 # ---------------------------------------------------------------------------------------------- flows
@@ -162,25 +191,31 @@ def refine_round(round: int | None = None, params: str = "params.yaml", max_roun
     """Self-refinement round `round` (None: the next one after those on disk, or nothing once converged),
     starting from round N-1's outputs; returns the decision whether to run round N+1."""
     overrides = list(overrides or [])
-    base = load_config(params, overrides)
-    variant = variant or main_variant(base)
-    if variant not in base.evaluate.variants:
-        raise ValueError(f"variant {variant!r} is not in evaluate.variants of {params}")
+    root = project_root(params)
+    base, variant, round, why = resolve_round(params, round, max_rounds, min_improvement, variant, overrides)
     if round is None:
-        round, why = next_round(history(base, variant), max_rounds, min_improvement)
-        if round is None:
-            return RoundDecision(None, variant, None, None, False, f"nothing to do: {why}")
+        return RoundDecision(None, variant, None, None, False, f"nothing to do: {why}")
     ovr = [*overrides, *round_overrides(round)]
     cfg = load_config(params, ovr)
+    in_graph = round == load_config(root / PARAMS_FILE).round
+    if in_graph and cfg != load_config(root / PARAMS_FILE):
+        raise ValueError(f"round {round} is the DVC graph's round (params.yaml round: {round}), whose settings come "
+                         f"from params.yaml only; {ovr} changes them: edit params.yaml or use dvc exp run -S")
     missing = [f"{p} (made by {what})" for p, what in required_inputs(cfg) if not p.exists()]
     if missing:
         raise FileNotFoundError(f"round {round} starts from outputs that do not exist: {'; '.join(missing)}")
     previous = read_accuracy(metrics_file(cfg, round - 1, variant)) if round > 1 else None
+    stages = [*ROUND_STAGES, f"evaluate@{variant}"]
     with flow_parent_run(f"refine-round-{round}", cfg.evaluate.dataset, round=round,
                          main_variant=variant) as parent:
-        for name in ROUND_STAGES:
-            stage(name, params, ovr, parent)
-        accuracy = float(evaluate_variant(variant, params, ovr, parent)["accuracy"])
+        for name in stages:
+            if in_graph:
+                metrics = dvc_stage(name, str(root), parent)
+            else:
+                metrics = stage_outside(name, str(root), ovr, parent)
+        if not in_graph:
+            version_round(str(root), round, stages, ovr)
+        accuracy = float(metrics["accuracy"])
         proceed, reason = decide(round, accuracy, previous, max_rounds, min_improvement)
         _record(parent, accuracy, previous, proceed, reason)
     return RoundDecision(round, variant, accuracy, previous, proceed, reason, tuple(ovr), parent.run_id)

@@ -5,6 +5,8 @@ render, and `sevila repro` nests a real `dvc repro`'s stage runs under one MLflo
 from __future__ import annotations
 
 import ast
+import csv
+import io
 import json
 import os
 import shutil
@@ -98,7 +100,7 @@ def test_stages_chain_in_pipeline_order(stages):
     expected |= {n: expected["finetune_answerer"] | {"finetune_answerer"} for n in evaluates}
     # DVC's edges point from a stage to the stages it depends on: descendants = everything upstream
     assert {n: {d.addressing for d in nx.descendants(graph, s)} for n, s in by_name.items()} == expected
-    assert list(STAGES) == CHAIN  # flows.pipeline runs STAGES in this (topological) order
+    assert list(STAGES) == CHAIN  # STAGES is kept in dvc.yaml's (topological) order
 
 
 def test_no_two_stages_share_or_nest_an_output(stages):
@@ -114,194 +116,22 @@ def test_no_two_stages_share_or_nest_an_output(stages):
             assert a == b or not b.startswith(a + "/"), f"{b} ({owner[b]}) lies inside {a} ({owner[a]})"
 
 
-def test_data_and_models_are_dvc_outputs_metrics_uncached(stages):
+def test_data_and_models_are_dvc_outputs_metrics_and_plot_sources_cached(stages):
+    """runs/ and reports/ are git-ignored, so a metrics or plot file another revision can be read from is one
+    DVC caches (its hash in that revision's dvc.lock): `cache: false` there makes `dvc metrics diff REV` and
+    `dvc exp show` blank for every revision but the workspace (test_metrics_diff_and_exp_show_compare_commits)."""
     by_name, _ = stages
     for name, s in by_name.items():
         for o in s.outs:
             top = o.def_path.split("/")[0]
             assert top in ("data", "models", "runs", "reports"), f"{name}: {o.def_path} would not be git-ignored"
             if o.metric:
-                assert not o.use_cache and o.def_path.endswith(".json"), f"{name}: metrics {o.def_path}"
+                assert o.use_cache and o.def_path.endswith(".json"), f"{name}: metrics {o.def_path} is not cached"
     for name in ("bootstrap", "pretrain_localizer", "pseudo_label", "refine_localizer", "finetune_answerer"):
         assert any(o.metric for o in by_name[name].outs), f"{name} has no DVC metrics file"
     assert all(any(o.metric for o in s.outs) for n, s in by_name.items() if n.startswith("evaluate@"))
-
-
-# ---------------------------------------------------------------------------------------------- params
-
-
-def _lookup(tree: dict, dotted: str):
-    node = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(dotted)
-        node = node[part]
-    return node
-
-
-def test_every_params_key_exists_in_params_yaml(stages):
-    by_name, _ = stages
-    for name, s in by_name.items():
-        if name == "bootstrap" and not BOOTSTRAP_LANDED:
-            continue
-        for key in _params(s):
-            try:
-                _lookup(PARAMS, key)
-            except KeyError:
-                pytest.fail(f"{name}: params key {key!r} is not in params.yaml (dvc exp run -S needs plain keys)")
-
-
-def test_each_evaluate_stage_reads_only_its_own_variant(stages):
-    by_name, _ = stages
-    for v in PARAMS["evaluate"]["variants"]:
-        keys = _params(by_name[f"evaluate@{v}"])
-        variant_keys = [k for k in keys if k.startswith("evaluate.variants")]
-        assert variant_keys == [f"evaluate.variants.{v}"]
-        # the frames a variant uses are its own n_frames / n_keyframes, not the training `frames` setting
-        assert "frames.n_frames" not in keys and "frames" not in keys and "frames.bad_video" in keys
-    assert "evaluate.variants" in _params(by_name["report"])  # the report lists the defined variants
-
-
-def test_settings_are_read_only_where_they_matter(stages):
-    """Pinned: which stages a change of a few settings invalidates (before downstream propagation)."""
-    by_name, _ = stages
-
-    def readers(key: str) -> set[str]:
-        out = set()
-        for name, s in by_name.items():
-            if any(key == k or key.startswith(k + ".") for k in _params(s)):
-                out.add(_family(name))
-        return out
-
-    assert readers("frames.n_keyframes") == {"pretrain_localizer", "finetune_answerer"}
-    assert readers("frames.n_frames") == {"pretrain_localizer", "pseudo_label", "refine_localizer",
-                                          "finetune_answerer"}
-    assert readers("pseudo_label.answerer") == {"pseudo_label"}
-    assert readers("refine_localizer.train.lr") == {"refine_localizer"}
-    assert readers("world.videos") == {"prepare"}
-    assert readers("round") == {"pseudo_label", "refine_localizer", "finetune_answerer", "evaluate", "report"}
-    assert not readers("frames.cache")  # where features are cached, not what they are
-
-
-# ---------------------------------------------------------------------------------------------- deps
-
-
-def _module_file(name: str) -> Path | None:
-    p = REPO / (name.replace(".", "/") + ".py")
-    if p.is_file():
-        return p
-    p = REPO / name.replace(".", "/") / "__init__.py"
-    return p if p.is_file() else None
-
-
-def _imports(path: Path) -> set[str]:
-    """sevila modules imported anywhere in a file (function-level imports included)."""
-    package = list(path.relative_to(REPO).parts[:-1])  # the package a relative import starts from
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("sevila")}
-        elif isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level:
-                base = package[: len(package) - node.level + 1]
-                mod = ".".join(base + ([mod] if mod else []))
-            if mod.startswith("sevila"):
-                found.add(mod)
-                found |= {f"{mod}.{a.name}" for a in node.names if _module_file(f"{mod}.{a.name}")}
-    return found
-
-
-def import_closure(module: str) -> set[str]:
-    seen, todo = set(), [module]
-    while todo:
-        m = todo.pop()
-        f = _module_file(m)
-        if m in seen or f is None:
-            continue
-        seen.add(m)
-        todo += _imports(f)
-    return {str(_module_file(m).relative_to(REPO)) for m in seen}
-
-
-@pytest.mark.parametrize("family", [s for s in STAGES if s != "bootstrap"] + ["bootstrap"])
-def test_code_deps_are_the_modules_the_stage_imports(stages, family):
-    if family == "bootstrap" and not BOOTSTRAP_LANDED:
-        pytest.skip("the bootstrap stage (another helper's) has not landed yet")
-    by_name, _ = stages
-    wanted = import_closure(STAGES[family]) - (NOT_CONTENT - CONTENT_FOR.get(family, set()))
-    wanted -= NOT_READ.get(family, set())
-    for name, s in by_name.items():
-        if _family(name) == family:
-            assert _code_deps(s) == wanted, (f"{name}: missing {sorted(wanted - _code_deps(s))}, "
-                                            f"not imported {sorted(_code_deps(s) - wanted)}")
-
-
-def test_deps_exist_or_are_made_by_a_stage(stages):
-    by_name, _ = stages
-    outs = {o: n for n, s in by_name.items() for o in _outs(s)}
-    for name, s in by_name.items():
-        for dep in _code_deps(s):
-            if name == "bootstrap" and not BOOTSTRAP_LANDED:
-                continue
-            assert (REPO / dep).is_file(), f"{name}: code dep {dep} does not exist"
-        for dep in _data_deps(s):
-            makers = [n for o, n in outs.items() if dep == o or dep.startswith(o + "/") or o.startswith(dep + "/")]
-            assert makers, f"{name}: {dep} is neither in git nor made by any stage"
-            assert name not in makers, f"{name} depends on its own output {dep}"
-
-
-# ---------------------------------------------------------------------------------------------- paths = code
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    from sevila.config import load_config
-
-    return load_config(REPO / "params.yaml")
-
-
-def test_templated_paths_are_where_the_stage_code_writes(stages, cfg):
-    from sevila.chain import answerer_dir, localizer_dir
-    from sevila.config import LocalizerId
-    from sevila.stages.evaluate import variant_dir
-    from sevila.stages.pseudo_label import label_file
-    from sevila.stages.refine_localizer import REFINED
-
-    by_name, _ = stages
-    rep = cfg.paths.reports
-    assert _outs(by_name["prepare"]) == {cfg.paths.world, cfg.paths.processed}
-    assert _outs(by_name["bootstrap"]) == {cfg.model.weights, f"{rep}/bootstrap.json"}
-    assert _outs(by_name["pretrain_localizer"]) == {str(localizer_dir(cfg, LocalizerId.QVH)),
-                                                    f"{rep}/pretrain_localizer.json"}
-    lf = label_file(cfg)
-    assert _outs(by_name["pseudo_label"]) == {str(lf), str(lf.with_name("pseudo_label_stats.json"))}
-    assert _outs(by_name["refine_localizer"]) == {str(localizer_dir(cfg, REFINED[LocalizerId(s)]))
-                                                  for s in cfg.refine_localizer.starts} | {
-        f"{rep}/refine_localizer_r{cfg.round}.json"}
-    assert _outs(by_name["finetune_answerer"]) == {str(answerer_dir(cfg)),
-                                                   f"{rep}/finetune_answerer_r{cfg.round}.json"}
-    assert str(localizer_dir(cfg, cfg.finetune_answerer.localizer)) in _data_deps(by_name["finetune_answerer"])
-    for v in cfg.evaluate.variants:
-        assert _outs(by_name[f"evaluate@{v}"]) == {str(variant_dir(cfg, v) / "predictions.jsonl"),
-                                                   str(variant_dir(cfg, v) / "metrics.json")}
-    assert _outs(by_name["report"]) == {f"{rep}/ablations.md", f"{rep}/ablations.json", f"{rep}/curves"}
-
-
-def test_each_variant_depends_on_the_modules_it_loads(stages, cfg):
-    """evaluate.py's load_model(cfg, localizer=v.localizer, answerer=v.answerer) loads these directories."""
-    from sevila.chain import answerer_dir, localizer_dir
-    from sevila.config import AnswererId, LocalizerId
-
-    by_name, _ = stages
-    for name, v in cfg.evaluate.variants.items():
-        loaded = {cfg.model.weights}
-        if v.localizer is not LocalizerId.BACKBONE:
-            loaded.add(str(localizer_dir(cfg, v.localizer)))
-        if v.answerer is AnswererId.FINETUNED:
-            loaded.add(str(answerer_dir(cfg)))
-        assert loaded <= _data_deps(by_name[f"evaluate@{name}"]), name
-        assert f"{cfg.paths.processed}/{cfg.evaluate.split}.jsonl" in _data_deps(by_name[f"evaluate@{name}"])
+    plot_sources = {o.def_path: o.use_cache for o in by_name["report"].outs}
+    assert plot_sources["reports/ablations.json"] and plot_sources["reports/curves"]
 
 
 # ---------------------------------------------------------------------------------------------- dvc status
@@ -393,6 +223,34 @@ def test_dvc_plots_render_accuracy_per_variant_and_loss_curves(committed_copy):
     assert [(r["variant"], r["accuracy"]) for r in acc["data"]["values"]] == [("a", 50.0), ("b", 62.5)]
     loss = data["reports/curves/pretrain_localizer.json"][0]["content"]
     assert [(r["step"], r["loss"]) for r in loss["data"]["values"]] == [(1, 2.0), (2, 1.0)]
+
+
+def test_metrics_diff_and_exp_show_compare_commits(committed_copy, tmp_path):
+    """A git repo of the project (its .gitignore, dvc.yaml, params.yaml) with two commits that differ in one
+    variant's accuracy: `dvc metrics diff HEAD~1` and `dvc exp show` read both revisions' values."""
+    root = tmp_path / "repo"
+    shutil.copytree(committed_copy, root, ignore=shutil.ignore_patterns(".dvc", "dvc.lock"))
+    shutil.copy(REPO / ".gitignore", root)
+    for args in (["init", "-q"], ["config", "user.email", "t@example.org"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *args], cwd=root, check=True)
+    assert _dvc("init", "-q", cwd=root).returncode == 0
+    metrics = root / "runs/round1/eval/f8k1_qvh_sr/metrics.json"
+    for accuracy, message in ((40.0, "one"), (45.5, "two")):
+        metrics.write_text(json.dumps({"accuracy": accuracy}))
+        res = _dvc("commit", "-f", "-q", cwd=root)
+        assert res.returncode == 0, res.stderr
+        subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+        subprocess.run(["git", "commit", "-qm", message], cwd=root, check=True)
+    assert "runs/round1/eval/f8k1_qvh_sr/metrics.json" not in subprocess.run(
+        ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True).stdout  # only in DVC's cache
+    res = _dvc("metrics", "diff", "HEAD~1", "--json", cwd=root)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["runs/round1/eval/f8k1_qvh_sr/metrics.json"]["accuracy"] == {
+        "old": 40.0, "new": 45.5, "diff": 5.5}
+    res = _dvc("exp", "show", "--csv", "--all-commits", "--only-changed", cwd=root)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert sorted(r["accuracy"] for r in rows if r["rev"] != "workspace") == ["40.0", "45.5"]  # both commits
 
 
 # ---------------------------------------------------------------------------------------------- sevila repro

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from flows.refine_rounds import (
-    decide, history, main_variant, metrics_file, next_round, read_accuracy, required_inputs, round_overrides,
+    decide, history, main_variant, metrics_file, next_round, read_accuracy, required_inputs, resolve_round,
+    round_overrides,
 )
 from sevila.config import load_config
 
@@ -99,3 +100,15 @@ def test_required_inputs_name_the_stage_and_round_that_make_them(cfg):
         ("answerer/finetuned_r2", "finetune_answerer of round 2"),
         ("localizer/sr_r2", "refine_localizer of round 2"),
         ("localizer/qvh_sr_r2", "refine_localizer of round 2")]
+
+
+def test_a_scheduled_round_resolves_to_the_next_one_on_disk(cfg):
+    """What names a `refine_round(round=None)` flow run (refine-round-<N>, as its MLflow parent run)."""
+    c = load_config(cfg)
+    for r, acc in ((1, 40.0), (2, 42.5)):
+        path = metrics_file(c, r, "main")
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"accuracy": acc}))
+    assert resolve_round(str(cfg), None, 5, 0.5, None, None)[1:3] == ("main", 3)
+    assert resolve_round(str(cfg), None, 2, 0.5, None, None)[2] is None  # max_rounds reached: refine-round-none
+    assert resolve_round(str(cfg), 7, 2, 0.5, None, None)[2] == 7
