@@ -419,8 +419,10 @@ def _run(dataset: str, phase: Phase | str, run_name: str, tags: dict[str, str],
             yield logger
             status = "FINISHED"
         except BaseException as e:
-            if isinstance(e, KeyboardInterrupt) or termination.signalled:
-                status = "KILLED"  # Ctrl-C, SIGTERM: stopped from outside, not an error of the run
+            # Ctrl-C, SIGTERM, or any other BaseException that is not an Exception (Prefect delivers a cancel as
+            # TerminationSignal): stopped from outside, not an error of the run
+            if not isinstance(e, Exception) or termination.signalled:
+                status = "KILLED"
             raise
         finally:
             c.set_terminated(run.info.run_id, status)

@@ -127,6 +127,14 @@ def test_failed_and_interrupted_runs_are_marked(store):
             raise KeyboardInterrupt
     assert tr.client(store).get_run(run2.run_id).info.status == "KILLED"
 
+    class TerminationSignal(BaseException):  # how Prefect delivers a cancel: not an Exception
+        pass
+
+    with pytest.raises(TerminationSignal):
+        with tr.start_run("synth", Phase.PIPELINE, None, RunTags(variant="v")) as run3:
+            raise TerminationSignal
+    assert tr.client(store).get_run(run3.run_id).info.status == "KILLED"
+
 
 def test_artifacts_files_directories_dicts_and_figures(store, tmp_path):
     from matplotlib.figure import Figure
