@@ -20,19 +20,22 @@ Measured:
 (b) peak memory of ONE Answerer fine-tuning step at micro-batch 8 (4 keyframes each): forward, backward into the
     Answerer's Q-Former through the frozen T5, gradient clipping and an AdamW update, as sevila/train.py does one
     micro-step. GPU: torch.cuda.max_memory_allocated; CPU: the process's RSS high-water during the step (psutil
-    sampled every millisecond; ru_maxrss when psutil is missing).
+    sampled every 5 ms; ru_maxrss when psutil is missing).
 (c) the MFU those imply: FLOPs counted with torch.utils.flop_counter.FlopCounterMode (matmul, attention and
     convolution FLOPs as torch dispatches them, 2 per multiply-add; elementwise work not counted) on a meta-device
     copy of the same model (nothing computed, so the count costs no time), divided by the measured time and by the
     device's peak: on a GPU the bf16 dense peak given by --peak-tflops (default 989 TFLOP/s, the H200's), on a CPU
-    the fp32 GEMM rate measured here (a 2048^3 torch.matmul, as bench/forward_chain.py does).
+    the fp32 GEMM rate measured here (a 2048^3 torch.matmul, as bench/forward_chain.py does; on a shared machine
+    other processes' load moves both the timings and that rate, so a CPU ratio is good to about +-30%).
 
 Precision as the pipeline's `Precision.AUTO`: on a CUDA device with bf16, the frozen ViT and T5 are HELD in bf16 and
-run under torch.no_grad() where nothing trains through them (the ViT always; T5 in the chain); the trainable
-Q-Former and projection stay fp32 and run under bf16 autocast. On a CPU everything is fp32.
+run under torch.no_grad() where nothing trains through them (the ViT always; T5 in the chain; in the training step
+T5 keeps its activations, since the gradient reaches the Answerer's Q-Former through it, but its weights take no
+gradient); the trainable Q-Former and projection stay fp32 and run under bf16 autocast. On a CPU all is fp32.
 
 On a CPU the model is built at REDUCED DEPTH (full widths, full vocabulary, fewer layers: --vit-layers,
---qformer-layers, --t5-layers) so the run ends in about a minute on two cores; the output says so, the JSON has
+--qformer-layers, --t5-layers; one question per chain batch; the ViT timed on 2 frames) so the run ends in
+about a minute on two cores; the output says so, the JSON has
 "reduced_depth": true and the layer counts, and "full_depth_estimate" scales each measured time by the FLOP ratio
 of the full-depth model to the reduced one (both counted exactly), and the peak memory by the exact differences
 in weights, optimizer state and tensors saved for backward: estimates, labelled as such.
