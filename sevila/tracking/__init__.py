@@ -58,11 +58,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
-import pandas as pd
-
 from sevila import settings
 
 if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
     from mlflow import MlflowClient
 
 # The names below are re-exported: `sevila.tracking` stays the one import for everything MLflow.
@@ -489,6 +488,8 @@ BASE_COLUMNS: tuple[str, ...] = (
 
 
 def _typed_frame(rows: list[dict]) -> pd.DataFrame:
+    import pandas as pd  # lazily, as mlflow: `import sevila.tracking` stays cheap (tested)
+
     df = pd.DataFrame(rows)
     for col in BASE_COLUMNS:
         if col not in df.columns:
