@@ -31,13 +31,14 @@ BOOTSTRAP_LANDED = (REPO / "sevila/stages/bootstrap.py").is_file() and "bootstra
 # classes, and the run loggers (tracking only matters to the report, which reads MLflow; its helper modules and the
 # per-stage run settings of sevila/run_settings.py only say what a run records).
 NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/errors.py", "sevila/io.py", "sevila/runlog.py",
-               "sevila/tracking.py", "sevila/tracking_store.py", "sevila/tracking_params.py", "sevila/tracking_owner.py",
-               "sevila/tracking_inputs.py", "sevila/tracking_views.py", "sevila/run_settings.py"}
+               "sevila/tracking/__init__.py", "sevila/tracking/store.py", "sevila/tracking/params.py",
+               "sevila/tracking/owner.py", "sevila/tracking/inputs.py", "sevila/tracking/views.py",
+               "sevila/run_settings.py"}
 # prepare imports every benchmark reader through sevila.data.annotations; the synthetic world is read only
 # through the NExT-QA and QVHighlights ones.
 NOT_READ = {"prepare": {"sevila/data/__init__.py", "sevila/data/how2qa.py", "sevila/data/star.py",
                         "sevila/data/tvqa.py", "sevila/data/vlep.py", "sevila/data/sevila_json.py"}}
-CONTENT_FOR = {"report": {"sevila/tracking.py"}}
+CONTENT_FOR = {"report": {"sevila/tracking/__init__.py"}}
 
 
 @pytest.fixture(scope="module")

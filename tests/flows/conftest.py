@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sevila import tracking
+
 REPO = Path(__file__).resolve().parents[2]
 TRAIN = {"lr": 1e-3, "epochs": 1, "batch_size": 4, "micro_batch": 4, "checkpoint_every": 2}
 MAIN = "f8k2_qvh_sr"  # the full-SeViLA variant at the tiny config's 8 -> 2 frames (the stopping rule's metric)
@@ -113,11 +115,14 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory, prefect_server) -> dict:
     """The tiny project built by the pipeline flow, i.e. by DVC (every stage of round 1, every variant, the
-    report): {"params": its params.yaml, "result": the flow's return value}."""
+    report): {"params": its params.yaml, "result": the flow's return value, "runs_before": the MLflow run ids
+    that existed before it (the session's store is shared: other tests' flows have parent runs there too)}."""
     from flows.pipeline import pipeline
 
+    before = tracking.runs_frame()
     params = make_dvc_project(tmp_path_factory.mktemp("flows") / "project")
-    return {"params": params, "result": pipeline(params=str(params))}
+    return {"params": params, "result": pipeline(params=str(params)),
+            "runs_before": set(before["run_id"]) if not before.empty else set()}
 
 
 @pytest.fixture(scope="session")

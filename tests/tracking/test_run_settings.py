@@ -40,8 +40,12 @@ def test_a_training_stage_logs_its_section_and_the_shared_settings_it_reads():
         "finetune_answerer.train.batch_size": "16", "finetune_answerer.train.micro_batch": "16",
         "finetune_answerer.train.weight_decay": "0.05", "finetune_answerer.train.warmup_steps": "10",
         "finetune_answerer.train.min_lr_ratio": "0.0", "finetune_answerer.train.grad_clip": "1.0",
+        "finetune_answerer.train.betas": "[0.9, 0.999]", "finetune_answerer.train.eps": "1e-08",
         "finetune_answerer.train.checkpoint_every": "50", "finetune_answerer.train.eval_every": "null",
-        "finetune_answerer.train.seed": "0", "round": "1", "frames.n_frames": "16", "frames.n_keyframes": "4",
+        "finetune_answerer.train.max_steps": "null", "finetune_answerer.train.seed": "0",
+        "finetune_answerer.train.precision": "auto", "finetune_answerer.train.num_workers": "0",
+        "finetune_answerer.train.find_unused_parameters": "false", "finetune_answerer.train.progress": "true",
+        "round": "1", "frames.n_frames": "16", "frames.n_keyframes": "4",
         "frames.bad_video": "fail", "model.weights": "models/backbone", "model.backbone": "null",
         "model.device": "auto"}
     for stage in STAGE_SETTINGS:  # every stage: no other stage's section, no evaluate variants

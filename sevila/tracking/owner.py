@@ -1,4 +1,4 @@
-"""Which process owns a RUNNING run, and ending the runs whose process is gone (used by sevila/tracking.py).
+"""Which process owns a RUNNING run, and ending the runs whose process is gone (used by sevila.tracking).
 
 MLflow marks a run FINISHED/FAILED/KILLED only when the process that made it says so. A process killed with
 SIGKILL (the OOM killer, `kill -9`, a cancelled CI job) says nothing, and its run would stay RUNNING forever,

@@ -1,5 +1,5 @@
-"""Where sevila's MLflow runs are stored, and opening that store safely (split from sevila/tracking.py, which
-re-exports every public name here; see its docstring for the order of precedence of the store).
+"""Where sevila's MLflow runs are stored, and opening that store safely (part of the sevila.tracking package,
+whose __init__ re-exports every public name here; see its docstring for the order of precedence of the store).
 
 Opening a brand-new SQLite store creates MLflow's schema and runs its migrations. MLflow does that without any
 lock, so two processes that open the same new file at once (two DVC stages, two Prefect tasks) race, and the
@@ -194,7 +194,7 @@ def git_state(cwd: str | Path | None = None) -> tuple[str | None, bool | None]:
 
 def _experiment_id(c: MlflowClient, name: str, tags: dict[str, str]) -> str:
     """Get or create the experiment; two processes creating it at once is fine (the loser reads it back). Of
-    `tags` (sevila/tracking_views.py: the UI's experiment kind and saved views) those it lacks are set."""
+    `tags` (sevila/tracking/views.py: the UI's experiment kind and saved views) those it lacks are set."""
     from mlflow.exceptions import MlflowException
 
     exp = c.get_experiment_by_name(name)

@@ -1,5 +1,5 @@
-"""Run settings as MLflow params: flattened dotted keys, values within MLflow's limits (split from
-sevila/tracking.py, which re-exports these names). Pure: no MLflow import."""
+"""Run settings as MLflow params: flattened dotted keys, values within MLflow's limits (part of the
+sevila.tracking package, whose __init__ re-exports these names). Pure: no MLflow import."""
 from __future__ import annotations
 
 import dataclasses
@@ -75,3 +75,14 @@ def flatten_params(config: Any, prefix: str = "") -> dict[str, str]:
     walk(data, prefix)
     return out
 
+
+def _parse_int(v: str | None) -> int | None:
+    """A tag string read back as an int (None when absent or not a number)."""
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def _parse_bool(v: str | None) -> bool | None:
+    return {"true": True, "false": False}.get(str(v).lower()) if v is not None else None

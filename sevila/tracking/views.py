@@ -1,4 +1,4 @@
-"""Experiment tags that make MLflow 3's UI readable for sevila's experiments (used by sevila/tracking.py).
+"""Experiment tags that make MLflow 3's UI readable for sevila's experiments (used by sevila.tracking).
 
 - `mlflow.experimentKind = custom_model_development`: the UI opens the experiment in its "Model training" view
   (runs table, Chart view of per-step metrics) instead of asking or guessing GenAI (traces).

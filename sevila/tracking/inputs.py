@@ -1,4 +1,5 @@
-"""The files a run reads, as MLflow datasets (split from sevila/tracking.py, which re-exports these names).
+"""The files a run reads, as MLflow datasets (part of the sevila.tracking package, whose __init__ re-exports
+these names).
 
 MLflow's dataset inputs show in the UI's Datasets column (name, digest, context) and link runs that read the same
 bytes: the pseudo-label file a `pseudo_label` run writes has the digest its `refine` run logs as input."""

@@ -1,4 +1,4 @@
-"""MLflow tracking: the only module of sevila that talks to MLflow (DESIGN.md §3).
+"""MLflow tracking: the only package of sevila that talks to MLflow (DESIGN.md §3).
 
 Why a module of our own and not `mlflow.*` calls scattered through the stages: the ablation tables are pivots
 over run tags, so every run must carry the same typed tags (`RunTags`), land in a predictable experiment
@@ -25,8 +25,8 @@ the files it reads as MLflow datasets (`InputFile`: digest, rows, path, context 
 protocol of sevila/runlog.py, plus `log_dict`/`log_figure`/`log_text`) and ends the run FINISHED, FAILED on an
 exception, or KILLED on Ctrl-C or SIGTERM. Each run names its owner process (tag `sevila.owner`); a run whose
 process was SIGKILLed is marked KILLED by the next run opened on the store, or by `sevila report`
-(`reap_stale_runs`, sevila/tracking_owner.py). The store's schema is created under a file lock, so processes
-opening a brand-new SQLite store at once all keep their runs (sevila/tracking_store.py).
+(`reap_stale_runs`, sevila/tracking/owner.py). The store's schema is created under a file lock, so processes
+opening a brand-new SQLite store at once all keep their runs (sevila/tracking/store.py).
 
 Parent runs (grouping a `dvc repro` or a Prefect flow run): `parent_run(name, dataset)` creates a run and, while
 its block runs, exports two environment variables:
@@ -65,14 +65,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
 
 # The names below are re-exported: `sevila.tracking` stays the one import for everything MLflow.
-from sevila import tracking_owner, tracking_views
-from sevila.tracking_inputs import InputContext, InputFile, file_digest  # noqa: F401
-from sevila.tracking_owner import END_REASON_TAG, OWNER_TAG  # noqa: F401
-from sevila.tracking_params import (  # noqa: F401
+from sevila.tracking import owner as tracking_owner, views as tracking_views
+from sevila.tracking.inputs import InputContext, InputFile, file_digest  # noqa: F401
+from sevila.tracking.owner import END_REASON_TAG, OWNER_TAG  # noqa: F401
+from sevila.tracking.params import (  # noqa: F401
     MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH, TRUNCATION_MARK, _plain, flatten_params, safe_key,
+    MAX_TAG_VAL_LENGTH, TRUNCATION_MARK, _parse_bool, _parse_int, _plain, flatten_params, safe_key,
 )
-from sevila.tracking_store import (  # noqa: F401
+from sevila.tracking.store import (  # noqa: F401
     ARTIFACT_DIR_NAME, DEFAULT_DB_NAME, TRACKING_URI_ENV, TrackingError, _experiment_id, _git_tags, client,
     configure, git_state, metric_history, normalize_uri, project_root, sqlite_path, store_lock_path, tracking_uri,
 )
@@ -117,11 +117,9 @@ class Study(str, enum.Enum):
     ROUND = "round"  # iterated self-refinement rounds
 
 
-class AnswererMode(str, enum.Enum):
-    """Whether the Answerer was fine-tuned on the target dataset (paper Table 5 rows) or used zero-shot."""
-
-    ZERO_SHOT = "zero_shot"
-    FINETUNED = "finetuned"
+# Whether the Answerer was fine-tuned on the target dataset (paper Table 5 rows) or used zero-shot: the typed
+# setting itself (one home, sevila.settings), under the name the tables and tests know it by.
+AnswererMode = settings.AnswererId
 
 
 # The values of the frame-selection modes, from their one (torch-free) home.
@@ -434,7 +432,7 @@ def _reap(c: MlflowClient) -> list[str]:
 
 def reap_stale_runs(uri: str | None = None) -> list[str]:
     """Mark KILLED the RUNNING runs of the store whose process on this host is gone (SIGKILL, OOM); returns
-    their ids. Called whenever a run opens and before `sevila report` reads runs (sevila/tracking_owner.py)."""
+    their ids. Called whenever a run opens and before `sevila report` reads runs (sevila/tracking/owner.py)."""
     return _reap(client(uri))
 
 
@@ -489,19 +487,8 @@ BASE_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _parse_int(v: str | None) -> int | None:
-    try:
-        return int(v) if v is not None else None
-    except ValueError:
-        return None
-
-
-def _parse_bool(v: str | None) -> bool | None:
-    return {"true": True, "false": False}.get(str(v).lower()) if v is not None else None
-
-
 def _typed_frame(rows: list[dict]) -> pd.DataFrame:
-    import pandas as pd
+    import pandas as pd  # lazily, as mlflow: `import sevila.tracking` stays cheap (tested)
 
     df = pd.DataFrame(rows)
     for col in BASE_COLUMNS:
@@ -585,9 +572,8 @@ def finished_runs(dataset: str | None = None, phase: Phase | str | None = None, 
 
 def latest_per_variant(df: pd.DataFrame) -> pd.DataFrame:
     """The latest FINISHED run (by start time) of each variant (and seed, where runs carry one) of each experiment;
-    failed, killed, running and
-    superseded runs are dropped. Pure pandas: works on any frame with `status`, `start_time`, `variant`
-    (missing variant: `run_name`) and optionally `experiment`."""
+    failed, killed, running and superseded runs are dropped. Pure pandas: works on any frame with `status`,
+    `start_time`, `variant` (missing variant: `run_name`) and optionally `experiment`."""
     if df.empty:
         return df.copy()
     out = df[df["status"] == "FINISHED"].copy()
