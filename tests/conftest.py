@@ -42,11 +42,9 @@ def _isolated_mlflow_store(tmp_path_factory):
 TINY_TRAIN = {"lr": 1e-3, "epochs": 1, "batch_size": 4, "micro_batch": 4, "checkpoint_every": 2}
 
 
-def write_tiny_project(root: Path, variants: dict) -> Path:
-    """A prepared tiny world (6 videos, 8 frames -> 2 keyframes) with a random tiny backbone (seed 0) at
-    models/backbone, every path in its params.yaml absolute (no test depends on the cwd); returns params.yaml."""
-    params = root / "params.yaml"
-    params.write_text(yaml.safe_dump({
+def tiny_settings(root: Path) -> dict:
+    """The tiny project's params.yaml sections (tiny world, 8 -> 2 frames, tiny training) under `root`."""
+    return {
         "paths": {k: str(root / k) for k in ("world", "processed", "reports", "models", "runs")},
         "world": {"videos": 6, "seed": 5, "fps": 4, "size": 32},
         "model": {"weights": str(root / "models" / "backbone")},
@@ -54,8 +52,14 @@ def write_tiny_project(root: Path, variants: dict) -> Path:
         "pretrain_localizer": {"train": TINY_TRAIN},
         "refine_localizer": {"train": TINY_TRAIN},
         "finetune_answerer": {"train": TINY_TRAIN},
-        "evaluate": {"split": "test", "variants": variants},
-    }))
+    }
+
+
+def write_tiny_project(root: Path, variants: dict) -> Path:
+    """A prepared tiny world (6 videos, 8 frames -> 2 keyframes) with a random tiny backbone (seed 0) at
+    models/backbone, every path in its params.yaml absolute (no test depends on the cwd); returns params.yaml."""
+    params = root / "params.yaml"
+    params.write_text(yaml.safe_dump({**tiny_settings(root), "evaluate": {"split": "test", "variants": variants}}))
     cfg = load_config(params)
     prepare.run(cfg)
     tok = build_tiny_tokenizer(world_text(), root / "tok", vocab_size=256)

@@ -16,8 +16,9 @@ import yaml
 
 from sevila import tracking
 
+from ..conftest import tiny_settings
+
 REPO = Path(__file__).resolve().parents[2]
-TRAIN = {"lr": 1e-3, "epochs": 1, "batch_size": 4, "micro_batch": 4, "checkpoint_every": 2}
 MAIN = "f8k2_qvh_sr"  # the full-SeViLA variant at the tiny config's 8 -> 2 frames (the stopping rule's metric)
 BACKBONE_ONLY = {"localizer": "none", "answerer": "zero_shot"}  # these evaluate before any round has run
 VARIANTS = {
@@ -32,16 +33,7 @@ def tiny_params(root: Path) -> dict:
     """The repo's params.yaml with the tiny world, tiny training and the tiny variants (every key a dvc.yaml stage
     lists must exist for DVC)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    tiny = {
-        "paths": {k: str(root / k) for k in ("world", "processed", "reports", "models", "runs")},
-        "world": {"videos": 6, "seed": 5, "fps": 4, "size": 32},
-        "model": {"weights": str(root / "models" / "backbone")},
-        "frames": {"n_frames": 8, "n_keyframes": 2, "cache": str(root / "features")},
-        "pretrain_localizer": {"train": TRAIN},
-        "refine_localizer": {"train": TRAIN},
-        "finetune_answerer": {"train": TRAIN},
-    }
-    for section, values in tiny.items():
+    for section, values in tiny_settings(root).items():
         params[section] = {**params.get(section, {}), **values}
     params["evaluate"]["variants"] = copy.deepcopy(VARIANTS)
     return params
