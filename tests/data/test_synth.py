@@ -15,16 +15,15 @@ import pytest
 from sevila.data import synth as S
 from sevila.data.synth import (
     CAPTION_VOCAB,
-    COLOURS,
     SHAPES,
     frame_caption,
     generate_world,
     load_world,
-    render_frame,
     sample_video_meta,
     split_assignment,
     world_text,
 )
+from sevila.data.synth_render import COLOURS, render_frame
 from sevila.data.video import Backend, frame_labels, read_frames, sample_indices, video_info
 
 N_VIDEOS = 10
