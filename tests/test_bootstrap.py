@@ -578,30 +578,38 @@ def test_accuracies_read_the_argmax_of_each_example(model, metas, train_table, t
 # ------------------------------------------------------------------------------------------- settings
 
 
-def test_settings_are_checked():
-    with pytest.raises(ConfigError, match="bootstrap: unknown setting"):
+def test_settings_are_checked_and_named_by_their_dotted_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"bootstrap: unknown setting\(s\) \['text_steps'\]"):
         build(BootstrapSettings, {"text_steps": 1}, "bootstrap")  # the old recipe's keys are gone
-    with pytest.raises(ConfigError, match="bootstrap: unknown setting"):
+    with pytest.raises(ConfigError, match=r"bootstrap: unknown setting\(s\) \['n_query'\]"):
         build(BootstrapSettings, {"n_query": 4}, "bootstrap")  # fixed: one query per slot word
     built = build(BootstrapSettings, {"match_steps": 5, "lr": 0.01, "see_steps": 0}, "bootstrap")
     assert built == BootstrapSettings(match_steps=5, lr=0.01, see_steps=0)
-    with pytest.raises(ValueError, match="not a multiple of t5_heads"):
-        BootstrapSettings(d_model=60, t5_heads=8)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        BootstrapSettings(batch_size=0)
-    with pytest.raises(ValueError, match="frames_steps must be >= 0"):
-        BootstrapSettings(frames_steps=-1)
-    for gate in (0.0, -0.5, 1.01):
-        with pytest.raises(ValueError, match=r"gate must be in \(0, 1\]"):
-            BootstrapSettings(gate=gate)
-    assert BootstrapSettings(gate=1.0).gate == 1.0
-    with pytest.raises(ValueError, match="late_lr must be > 0"):
-        BootstrapSettings(late_lr=0.0)
+    # each bad value, as params.yaml would give it, is a ConfigError naming bootstrap.<key> before anything runs
+    params = tmp_path / "params.yaml"
+    params.write_text("bootstrap:\n  seed: 3\n")
+    for override, message in [
+        ("bootstrap.d_model=60", "bootstrap.d_model: 60 must be a multiple of t5_heads=8"),
+        ("bootstrap.batch_size=0", "bootstrap.batch_size: 0 must be >= 1"),
+        ("bootstrap.frames_steps=-1", "bootstrap.frames_steps: -1 must be >= 0"),
+        ("bootstrap.gate=0.0", "bootstrap.gate: 0.0 must be in (0, 1]"),
+        ("bootstrap.gate=-0.5", "bootstrap.gate: -0.5 must be in (0, 1]"),
+        ("bootstrap.gate=1.01", "bootstrap.gate: 1.01 must be in (0, 1]"),
+        ("bootstrap.late_lr=0", "bootstrap.late_lr: 0.0 must be > 0"),
+        ("bootstrap.grad_clip=0", "bootstrap.grad_clip: 0.0 must be > 0"),
+        ("bootstrap.weight_decay=-0.1", "bootstrap.weight_decay: -0.1 must be >= 0"),
+        ("bootstrap.lr=fast", "bootstrap.lr: expected a number, got 'fast'"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(params, [override])
+        assert str(err.value) == message
+    assert load_config(params, ["bootstrap.gate=1.0"]).bootstrap == BootstrapSettings(seed=3, gate=1.0)
 
 
 def test_params_yaml_bootstrap_section_builds():
     section = yaml.safe_load((REPO / "params.yaml").read_text())["bootstrap"]
-    settings = build(BootstrapSettings, section, "bootstrap")
+    settings = load_config(REPO / "params.yaml").bootstrap
+    assert type(settings) is BootstrapSettings
     assert {k: settings.to_dict()[k] for k in section} == section
     assert all(p.steps > 0 for p in curriculum(settings))
 
