@@ -44,166 +44,44 @@ collapse back to chance.
 At the end the trained Answerer bridge (LayerNorm, Q-Former, query tokens, projection) is copied into the
 Localizer slot too, as SeViLA starts both Q-Formers from BLIP-2's (official `load_qformer_loc`), everything is
 frozen, and the four parts and the tokenizer are saved with `checkpoints.save_sevila`.
+
+The tasks' example builders, the decoded frame table and the per-phase datasets are in sevila/bootstrap_examples.py;
+this module holds the curriculum, the losses, the held-out accuracies and the run.
 """
 from __future__ import annotations
 
 import dataclasses
-import enum
-import functools
 import hashlib
 import json
 import logging
 import random
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from sevila import prompts
+from sevila.bootstrap_examples import (EMPTY_SLOTS, SLOT_WORDS, Example, FrameTable, Gate, Phase, PhaseData, Pools,
+                                       Task, TaskSpec, collate_examples, event_frame_pool, frame_qa_example,
+                                       frame_qa_pool, ground_examples, load_frame_table, match_example,
+                                       shows_event, slot_text, text_metas, text_qa_example, yes_no_example)
 from sevila.checkpoints import PARTS, save_sevila
 from sevila.data import synth
 from sevila.data.records import QARecord, read_records
-from sevila.data.video import frame_labels, read_frames, resolve_video_path
+from sevila.data.video import frame_labels
 from sevila.model import EncoderInputs, SeViLA, SeViLAConfig, sevila_tiny
+from sevila.settings import BootstrapSettings
 from sevila.tokenizer import build_tiny_tokenizer, load_tokenizer, tokenize_prompts
 from sevila.train import TrainConfig, train
 
 log = logging.getLogger(__name__)
 
-#: Word pool of MATCH: every colour and shape word of the world.
-MATCH_WORDS: tuple[str, ...] = (*synth.COLOURS, *synth.SHAPES)
-#: TEXT_QA samples world metadata from this index on: no generated video of any realistic world reaches it.
-TEXT_META_OFFSET = 10_000_000
-#: Query tokens of the world's model = words a frame is grounded in (`slot_words`): size, colour, shape, full stop.
-SLOT_WORDS = 4
-#: Slot words of a frame with nothing on it.
-EMPTY_SLOTS: tuple[str, ...] = ("a", "grey", "background", ".")
 #: Text tasks hold the frame's words inside the prompt, so they run longer than the 77 tokens the model keeps of a
 #: prompt after its visual tokens; T5 has only relative positions, so a longer text input is no new shape.
 TEXT_MAX_LEN = 128
-
-
-class Task(str, enum.Enum):
-    """One kind of bootstrap example (see the module docstring)."""
-
-    MATCH = "match"  # text frame (one word) + bare options -> `Option X`
-    TEXT_QA = "text_qa"  # text frames (1-4, one inside the event, as slot words) + Answerer prompt -> `Option X`
-    YES_NO = "yes_no"  # text frame (slot words) + `Question: is there a red shape?` -> `yes` / `no`
-    GROUND = "ground"  # frame (any) -> its queries regress onto its slot words' embeddings
-    FRAME_MATCH = "frame_match"  # frame (inside the event) + bare options -> `Option X`
-    FRAME_QA = "frame_qa"  # frame (inside the event) + Answerer prompt -> `Option X`
-
-    @property
-    def uses_frame(self) -> bool:
-        return self in (Task.GROUND, Task.FRAME_MATCH, Task.FRAME_QA)
-
-
-@dataclass(frozen=True)
-class Example:
-    """One training example. `frame`: a row of the training FrameTable for frame tasks, -1 for text. `slots`: the
-    frame's slot words (text tasks: the frame itself; GROUND: the regression target). GROUND has no prompt/target."""
-
-    task: Task
-    prompt: str
-    target: str
-    frame: int = -1
-    slots: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A task as it appears in a phase's mix: `n_options` for the multiple-choice tasks is drawn from this range."""
-
-    task: Task
-    min_options: int = 5
-    max_options: int = 5
-    n_words: int | None = None  # MATCH: draw from the first n_words of MATCH_WORDS only (None: all)
-    n_frames: int = 1  # TEXT_QA: frames written in the prompt (one inside the event, the others outside)
-
-
-@dataclass(frozen=True)
-class Gate:
-    """Advance past a phase once `metric` (an evaluation key) reaches `threshold` on held-out examples."""
-
-    metric: str
-    threshold: float
-
-
-@dataclass(frozen=True)
-class Phase:
-    """A curriculum phase: up to `steps` optimizer steps whose examples cycle through `mix` (a task listed twice
-    gets twice the share). With a `gate` the phase is checked every `gate_every` steps and ends as soon as the gate
-    opens (`gate_check`): how long a small transformer sits on the matching plateau varies from seed to seed, so a
-    fixed length either wastes minutes or moves on before the circuit exists. Gated phases keep a constant learning
-    rate (a cosine decay would starve a plateau that has not broken yet); an ungated phase decays."""
-
-    name: str
-    steps: int
-    mix: tuple[TaskSpec, ...]
-    gate: Gate | None = None
-    lr: float | None = None  # None: BootstrapSettings.lr
-    train_t5: bool = True  # False: the T5 is frozen already (only ViT + Q-Former learn), as SeViLA keeps it
-
-    @property
-    def uses_frames(self) -> bool:
-        return any(spec.task.uses_frame for spec in self.mix)
-
-
-@dataclass(frozen=True)
-class BootstrapSettings:
-    """The recipe's knobs (params.yaml `bootstrap`); defaults are the embedded default's."""
-
-    seed: int = 0
-    vocab_size: int = 512
-    image_size: int = 32
-    d_model: int = 64
-    t5_heads: int = 8
-    t5_layers: int = 2
-    lr: float = 2e-3
-    weight_decay: float = 0.01
-    warmup_steps: int = 100  # linear warm-up of the first phase
-    phase_warmup_steps: int = 10  # ... and of each later one (every phase starts a fresh AdamW in `train`)
-    grad_clip: float = 1.0
-    batch_size: int = 64
-    vocab_steps: int = 150  # phase 1: two-option MATCH over two words only
-    match_steps: int = 2000  # phase 2 (at most): two-option MATCH over every word; the plateau breaks here
-    options_steps: int = 2000  # phase 3 (at most): 2-5 option MATCH
-    questions_steps: int = 1500  # phase 4 (at most): TEXT_QA, one frame
-    context_steps: int = 1000  # phase 5 (at most): TEXT_QA over 2 and 4 frames, YES_NO
-    see_steps: int = 600  # phase 6: GROUND only, the T5 frozen from here on
-    frames_steps: int = 500  # phase 7 (at most): FRAME_QA + FRAME_MATCH + GROUND on real frames
-    late_lr: float = 1e-3  # learning rate from phase 4 on (the circuit exists; keep it)
-    gate_every: int = 100  # a gated phase evaluates its gate every gate_every steps
-    gate: float = 0.85  # held-out accuracy that opens each gate
-    frames_per_video: int = 48  # frames decoded per training video (GROUND on all, QA on those in the event)
-    n_eval_frames: int = 32  # frames per validation video for the single-frame accuracies
-    n_text_metas: int = 4000  # world metadata sampled for TEXT_QA (text only)
-    n_eval_text: int = 300  # held-out examples per text accuracy
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "image_size", "d_model", "t5_heads", "t5_layers", "batch_size",
-                     "gate_every", "frames_per_video", "n_eval_frames", "n_text_metas", "n_eval_text"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"BootstrapSettings.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("vocab_steps", "match_steps", "options_steps", "questions_steps", "context_steps", "see_steps",
-                     "frames_steps", "warmup_steps", "phase_warmup_steps"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"BootstrapSettings.{name} must be >= 0, got {getattr(self, name)}")
-        if self.d_model % self.t5_heads:
-            raise ValueError(f"d_model {self.d_model} is not a multiple of t5_heads {self.t5_heads}")
-        for name in ("lr", "late_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"BootstrapSettings.{name} must be > 0, got {getattr(self, name)}")
-        if not 0.0 < self.gate <= 1.0:
-            raise ValueError(f"BootstrapSettings.gate must be in (0, 1], got {self.gate}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def curriculum(s: BootstrapSettings) -> tuple[Phase, ...]:
@@ -248,262 +126,6 @@ def world_model_config(vocab_size: int, image_size: int = 32, *, d_model: int = 
               num_layers=t5_layers, num_decoder_layers=t5_layers, relative_attention_num_buckets=32,
               relative_attention_max_distance=128, dropout_rate=0.0)
     return dataclasses.replace(base, vision=vision, qformer=qformer, t5=t5, n_query=SLOT_WORDS, image_size=image_size)
-
-
-# ------------------------------------------------------------------------------------------ example builders
-
-
-def slot_words(meta: Mapping[str, Any], t: float) -> tuple[str, ...]:
-    """The frame at `t` as SLOT_WORDS words, one per query token: `big <colour> <shape> .` inside the event,
-    `small <colour> <shape> .` for the first small object on screen outside it, `grey background .` on an empty
-    frame. Read from the same metadata the renderer draws (`synth.visible_objects`)."""
-    objects = synth.visible_objects(dict(meta), t)
-    if synth.in_event(dict(meta), t):
-        return ("big", objects[0]["colour"], objects[0]["shape"], ".")
-    if objects:
-        return ("small", objects[0]["colour"], objects[0]["shape"], ".")
-    return EMPTY_SLOTS
-
-
-def shows_event(example: Example) -> bool:
-    """Whether a GROUND example's frame lies inside its video's event (its slot words name the big target)."""
-    return example.slots[:1] == ("big",)
-
-
-def event_slots(meta: Mapping[str, Any]) -> tuple[str, ...]:
-    """Slot words of any frame inside the event (the target alone is on screen there)."""
-    tg = meta["target"]
-    return ("big", tg["colour"], tg["shape"], ".")
-
-
-def slot_text(slots: Sequence[str]) -> str:
-    """Slot words as the text a text task writes after `Frame: ` (`big red circle.`): the same tokens."""
-    return " ".join(w for w in slots if w != ".") + "."
-
-
-def record_question(question: str) -> str:
-    """A world question as the NExT-QA reader writes it (sevila/data/nextqa.py: question + `?`)."""
-    return question + "?"
-
-
-def record_option(option: str) -> str:
-    """A world option as the NExT-QA reader writes it (option + `.`)."""
-    return option + "."
-
-
-def subset_options(options: Sequence[str], answer: int, n_options: int, rng: random.Random
-                   ) -> tuple[list[str], int]:
-    """`n_options` of `options` that include the answer, in a random order -> (options, new answer index)."""
-    if not 0 <= answer < len(options):
-        raise ValueError(f"answer {answer} outside 0..{len(options) - 1}")
-    if not 1 <= n_options <= len(options):
-        raise ValueError(f"n_options {n_options} outside 1..{len(options)}")
-    others = [i for i in range(len(options)) if i != answer]
-    keep = [answer, *rng.sample(others, n_options - 1)]
-    rng.shuffle(keep)
-    return [options[i] for i in keep], keep.index(answer)
-
-
-def match_example(rng: random.Random, n_options: int, pool: Sequence[str] = MATCH_WORDS) -> Example:
-    """`Frame: red. Option A: green. Option B: red.` -> `Option B` (distinct words from `pool`)."""
-    words = rng.sample(list(pool), n_options)
-    answer = rng.randrange(n_options)
-    prompt = f"{prompts.SINGLE_FRAME_PREFIX}{words[answer]}. " + prompts.lettered_options(
-        [record_option(w) for w in words])
-    return Example(Task.MATCH, prompt, prompts.answer_target(answer))
-
-
-def outside_slots(rng: random.Random, meta: Mapping[str, Any]) -> tuple[str, ...]:
-    """Slot words of a frame outside `meta`'s event: one of its small distractors, or (one time in five) nothing."""
-    if rng.random() < 0.2:
-        return EMPTY_SLOTS
-    d = rng.choice(meta["distractors"])
-    return ("small", d["colour"], d["shape"], ".")
-
-
-def frames_text(slots: Sequence[tuple[str, ...]]) -> str:
-    """Frames written as text exactly where the Answerer's query tokens go (`prompts.frame_prefixes`)."""
-    return "".join(f"{p}{slot_text(w)} " for p, w in zip(prompts.frame_prefixes(len(slots)), slots))
-
-
-def text_qa_example(rng: random.Random, meta: Mapping[str, Any], n_options: int, n_frames: int = 1) -> Example:
-    """`Frame: big red circle. ` + the official Answerer prompt of one of `meta`'s questions with `n_options` of
-    its options: the token sequence the Answerer reads from an event frame whose queries hit their slot words.
-    With n_frames > 1: `Frame 1: a grey background. Frame 2: big red circle. ...`, the event frame at a random
-    place among empty ones (the concatenated keyframes of the forward chain, paper §3.1). Empty, not the world's
-    distractors: with distractors whose words are wrong options, 1200 steps left it at chance; what to make of a
-    frame with small objects is for the Answerer's Q-Former to learn in the forward chain."""
-    q = rng.choice(meta["questions"])
-    opts, answer = subset_options([record_option(o) for o in q["options"]], int(q["answer"]), n_options, rng)
-    frames = [EMPTY_SLOTS] * (n_frames - 1)
-    frames.insert(rng.randrange(n_frames), event_slots(meta))
-    prompt = frames_text(frames) + prompts.answerer_prompt(record_question(q["question"]), opts)
-    return Example(Task.TEXT_QA, prompt, prompts.answer_target(answer))
-
-
-def yes_no_example(rng: random.Random, meta: Mapping[str, Any]) -> Example:
-    """`Frame: small blue square. Question: is there a blue shape?` -> `yes` (colour or shape asked, half of the
-    questions about a word the frame shows): the yes/no answering Flan-T5 brings, which the Localizer's
-    `Does the information within the frame ...?` is read with."""
-    slots = event_slots(meta) if rng.random() < 0.5 else outside_slots(rng, meta)
-    colour = rng.random() < 0.5
-    kind = tuple(synth.COLOURS) if colour else synth.SHAPES
-    shown = slots[1] if slots[0] in ("big", "small") else None
-    shown = shown if colour else (slots[2] if shown else None)
-    word = shown if shown and rng.random() < 0.5 else rng.choice([w for w in kind if w != shown])
-    asked = f"a {word} shape" if colour else f"a {word}"
-    prompt = f"{frames_text([slots])}Question: is there {asked}?"
-    return Example(Task.YES_NO, prompt, prompts.YES if word == shown else prompts.NO)
-
-
-def text_metas(n: int, seed: int) -> list[dict]:
-    """World metadata for TEXT_QA: sampled like the world's videos but at indices no world video has."""
-    return [synth.sample_video_meta(TEXT_META_OFFSET + i, "train", seed) for i in range(n)]
-
-
-# ------------------------------------------------------------------------------------------------ frames
-
-
-@dataclass(frozen=True)
-class FrameTable:
-    """Decoded frames of some videos: pixels [N, 3, S, S] (CLIP-normalised), and per row its video and time."""
-
-    pixels: torch.Tensor
-    videos: tuple[str, ...]
-    times: np.ndarray  # [N] seconds
-    rows: Mapping[str, tuple[int, ...]]  # video -> its rows, temporal order
-
-    def __len__(self) -> int:
-        return int(self.pixels.shape[0])
-
-
-def load_frame_table(video_root: str | Path, videos: Sequence[str], n_frames: int, image_size: int) -> FrameTable:
-    """Uniformly sample `n_frames` frames of each video (SeViLA's sampling, `read_frames`) at `image_size`."""
-    pixels, vids, times, rows = [], [], [], {}
-    start = 0
-    for video in dict.fromkeys(videos):  # unique, first-seen order
-        sample = read_frames(resolve_video_path(video_root, video), n_frames, size=image_size)
-        pixels.append(sample.pixels)
-        vids += [video] * len(sample.timestamps)
-        times.append(np.asarray(sample.timestamps, dtype=np.float64))
-        rows[video] = tuple(range(start, start + len(sample.timestamps)))
-        start += len(sample.timestamps)
-    if not pixels:
-        raise ValueError("no videos to load frames from")
-    return FrameTable(torch.cat(pixels), tuple(vids), np.concatenate(times), rows)
-
-
-def rows_inside(table: FrameTable, video: str, spans: Sequence[tuple[float, float]]) -> list[int]:
-    """Rows of `video` whose time lies in one of `spans`, ends inclusive (SeViLA's moment labels)."""
-    rows = table.rows[video]
-    return [r for r, ok in zip(rows, frame_labels(table.times[list(rows)], spans)) if ok]
-
-
-def event_rows(table: FrameTable, record: QARecord) -> list[int]:
-    """Rows of `record`'s video whose time lies in its evidence (ground-truth event) span, ends inclusive."""
-    if not record.evidence:
-        raise ValueError(f"question {record.qid}: no evidence span (the synthetic world's records carry one)")
-    return rows_inside(table, record.video, record.evidence)
-
-
-def ground_examples(table: FrameTable, metas: Mapping[str, Mapping[str, Any]]) -> list[Example]:
-    """One GROUND example per frame of the table (inside and outside events: slot words are always true)."""
-    out = []
-    for row, (video, t) in enumerate(zip(table.videos, table.times)):
-        if video not in metas:
-            raise KeyError(f"video {video} has frames but no entry in world.jsonl")
-        out.append(Example(Task.GROUND, "", "", row, slot_words(metas[video], float(t))))
-    return out
-
-
-def frame_qa_pool(table: FrameTable, records: Sequence[QARecord]) -> list[tuple[QARecord, int]]:
-    """(question, frame row) for every sampled frame inside each question's event: the only frames QA trains on."""
-    pool = []
-    for rec in records:
-        if rec.answer is None:
-            raise ValueError(f"question {rec.qid}: unlabelled; the bootstrap trains on labelled questions only")
-        pool += [(rec, row) for row in event_rows(table, rec)]
-    return pool
-
-
-def frame_qa_example(rng: random.Random, record: QARecord, row: int) -> Example:
-    """The official Answerer prompt on one event frame, options re-shuffled (the answer must be read off the
-    frame, never off a position)."""
-    opts, answer = subset_options(list(record.options), int(record.answer), len(record.options), rng)
-    return Example(Task.FRAME_QA, prompts.answerer_prompt(record.question, opts), prompts.answer_target(answer), row)
-
-
-def event_frame_pool(table: FrameTable, metas: Mapping[str, Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], int]]:
-    """(video metadata, row) for every sampled frame inside its video's event (world.jsonl span, ends inclusive)."""
-    return [(metas[video], row) for video in table.rows
-            for row in rows_inside(table, video, [tuple(metas[video]["event"])])]
-
-
-def frame_match_example(rng: random.Random, meta: Mapping[str, Any], row: int, n_options: int) -> Example:
-    """An event frame and bare options naming its colour or (half the time) its shape among others of the kind:
-    MATCH with the frame itself as the probe (the image-QA analogue of "what colour is shown")."""
-    tg = meta["target"]
-    right, kind = (tg["colour"], tuple(synth.COLOURS)) if rng.random() < 0.5 else (tg["shape"], synth.SHAPES)
-    words = [right, *rng.sample([w for w in kind if w != right], n_options - 1)]
-    rng.shuffle(words)
-    return Example(Task.FRAME_MATCH, prompts.lettered_options([record_option(w) for w in words]),
-                   prompts.answer_target(words.index(right)), row)
-
-
-@dataclass(frozen=True)
-class Pools:
-    """What the phases draw from: world metadata for TEXT_QA, GROUND examples (every training frame), (question,
-    event row) for FRAME_QA and (video metadata, event row) for FRAME_MATCH."""
-
-    text: Sequence[Mapping[str, Any]]
-    ground: Sequence[Example]
-    frame_qa: Sequence[tuple[QARecord, int]]
-    frame_match: Sequence[tuple[Mapping[str, Any], int]]
-
-    @functools.cached_property
-    def ground_event(self) -> list[Example]:
-        return [e for e in self.ground if shows_event(e)]
-
-    def of(self, task: Task) -> Sequence:
-        return {Task.TEXT_QA: self.text, Task.YES_NO: self.text, Task.GROUND: self.ground, Task.FRAME_QA: self.frame_qa,
-                Task.FRAME_MATCH: self.frame_match, Task.MATCH: MATCH_WORDS}[task]
-
-
-class PhaseData:
-    """The examples of one phase: item i is built from its own RNG (seed, phase, i), so the data are the same in
-    every run and on resumption, and nothing is materialised up front."""
-
-    def __init__(self, phase: Phase, n_items: int, seed: int, pools: Pools) -> None:
-        self.phase, self.n, self.seed, self.pools = phase, n_items, seed, pools
-        for spec in phase.mix:
-            if not pools.of(spec.task):
-                raise ValueError(f"phase {phase.name}: task {spec.task.value} has no examples to draw from")
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Example:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        spec = self.phase.mix[i % len(self.phase.mix)]
-        rng = random.Random(f"{self.seed}:{self.phase.name}:{i}")
-        n_opt = rng.randint(spec.min_options, spec.max_options)
-        if spec.task is Task.MATCH:
-            return match_example(rng, n_opt, MATCH_WORDS[:spec.n_words])
-        if spec.task is Task.TEXT_QA:
-            return text_qa_example(rng, rng.choice(self.pools.text), n_opt, spec.n_frames)
-        if spec.task is Task.YES_NO:
-            return yes_no_example(rng, rng.choice(self.pools.text))
-        if spec.task is Task.GROUND:  # half inside events: drawn in proportion, the big target's shape went unlearnt
-            inside = self.pools.ground_event if rng.random() < 0.5 else ()
-            return rng.choice(inside or self.pools.ground)
-        if spec.task is Task.FRAME_MATCH:
-            return frame_match_example(rng, *rng.choice(self.pools.frame_match), n_opt)
-        return frame_qa_example(rng, *rng.choice(self.pools.frame_qa))
-
-
-def collate_examples(items: list[Example]) -> list[Example]:
-    return list(items)
 
 
 # ------------------------------------------------------------------------------------------------ losses

@@ -18,7 +18,7 @@ import yaml
 
 from sevila.errors import UserError
 from sevila.settings import (  # noqa: F401 - re-exported: the typed settings a Config holds
-    AnswererId, FrameSelection, Fusion, InvalidSetting, LocalizerId, Precision, Selector, TrainConfig,
+    AnswererId, BootstrapSettings, FrameSelection, Fusion, InvalidSetting, LocalizerId, Precision, Selector, TrainConfig,
 )
 
 
@@ -147,9 +147,7 @@ class Config:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     round: int = 1  # self-refinement round (paper §3.2): part of every chain output path and record
-    # The synthetic world's backbone recipe; typed and checked by sevila.bootstrap.BootstrapSettings when the
-    # stage runs (kept plain here so loading settings never imports torch).
-    bootstrap: dict[str, Any] = field(default_factory=dict)
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)  # the synthetic world's backbone recipe
     model: ModelConfig = field(default_factory=ModelConfig)
     frames: FramesConfig = field(default_factory=FramesConfig)
     pretrain_localizer: PretrainLocalizerConfig = field(default_factory=PretrainLocalizerConfig)

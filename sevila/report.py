@@ -27,16 +27,16 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
+
+import pandas as pd
 
 from sevila.io import atomic_path, atomic_write_json, atomic_write_text
 from sevila.seeds import STD_SUFFIX, collapse_seeds
 from sevila.tracking import (
-    BOOL_TAGS, INT_TAGS, PIVOT_TAGS, SELECTOR_VALUES, AnswererMode, Phase, RunTags, Study, latest_per_variant,
+    BOOL_TAGS, INT_TAGS, PIVOT_TAGS, SELECTOR_VALUES, AnswererMode, Phase, RunTags, Study, finished_runs,
+    latest_per_variant, normalize_uri, reap_stale_runs, start_run, tracking_uri,
 )
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
 
 DEFAULT_METRICS: tuple[str, ...] = ("accuracy", "keyframe_in_span")
 METRIC_LABELS: dict[str, str] = {"accuracy": "Accuracy", "keyframe_in_span": "Keyframes in span"}
@@ -75,8 +75,6 @@ def _isna(v: Any) -> bool:
     if v is None:
         return True
     try:
-        import pandas as pd
-
         return bool(pd.isna(v))
     except (TypeError, ValueError):
         return False
@@ -441,8 +439,6 @@ def write_report(runs: pd.DataFrame, out_dir: str | Path, *, phase: str = Phase.
 
 def log_report(files: ReportFiles, *, uri: str | None = None) -> list[str]:
     """One run per dataset in `sevila/<dataset>/report` holding the report files; returns the run ids."""
-    from sevila.tracking import start_run
-
     run_ids = []
     for ds, pngs in files.plots.items():
         n = sum(1 for r in files.records if r["dataset"] == ds)
@@ -474,8 +470,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _cli_report(args: argparse.Namespace) -> int:
-    from sevila.tracking import finished_runs, normalize_uri, reap_stale_runs, tracking_uri
-
     # The store is resolved without pinning it (configure) so that calling this in-process changes nothing.
     uri = normalize_uri(args.uri) if args.uri else tracking_uri()
     reap_stale_runs(uri)  # a run whose process was killed shows KILLED, not RUNNING, from now on

@@ -6,6 +6,7 @@ frame selection (sevila.selection), the model and the MLflow tags (sevila.tracki
 - `LocalizerId`, `AnswererId`: which trained module a stage or ablation variant uses (paper §3.2-3.3).
 - `FrameSelection`: the frames the Answerer is fine-tuned on.
 - `TrainConfig` (with `Precision`): the settings of one run of the training loop, as a stage's `train:` block.
+- `BootstrapSettings`: the synthetic world's backbone recipe (sevila.bootstrap), params.yaml's `bootstrap:`.
 
 Settings check themselves on construction; a bad value raises `InvalidSetting`, which names the field, so the
 config loader can report the dotted key (`pretrain_localizer.train.lr`).
@@ -154,3 +155,61 @@ class TrainConfig:
         d["precision"] = self.precision.value
         d["betas"] = list(self.betas)
         return d
+
+
+@dataclass(frozen=True)
+class BootstrapSettings:
+    """The synthetic world's backbone recipe (params.yaml `bootstrap`, run by sevila.bootstrap); defaults are the
+    embedded default's."""
+
+    seed: int = 0
+    vocab_size: int = 512
+    image_size: int = 32
+    d_model: int = 64
+    t5_heads: int = 8
+    t5_layers: int = 2
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100  # linear warm-up of the first phase
+    phase_warmup_steps: int = 10  # ... and of each later one (every phase starts a fresh AdamW in `train`)
+    grad_clip: float = 1.0
+    batch_size: int = 64
+    vocab_steps: int = 150  # phase 1: two-option MATCH over two words only
+    match_steps: int = 2000  # phase 2 (at most): two-option MATCH over every word; the plateau breaks here
+    options_steps: int = 2000  # phase 3 (at most): 2-5 option MATCH
+    questions_steps: int = 1500  # phase 4 (at most): TEXT_QA, one frame
+    context_steps: int = 1000  # phase 5 (at most): TEXT_QA over 2 and 4 frames, YES_NO
+    see_steps: int = 600  # phase 6: GROUND only, the T5 frozen from here on
+    frames_steps: int = 500  # phase 7 (at most): FRAME_QA + FRAME_MATCH + GROUND on real frames
+    late_lr: float = 1e-3  # learning rate from phase 4 on (the circuit exists; keep it)
+    gate_every: int = 100  # a gated phase evaluates its gate every gate_every steps
+    gate: float = 0.85  # held-out accuracy that opens each gate
+    frames_per_video: int = 48  # frames decoded per training video (GROUND on all, QA on those in the event)
+    n_eval_frames: int = 32  # frames per validation video for the single-frame accuracies
+    n_text_metas: int = 4000  # world metadata sampled for TEXT_QA (text only)
+    n_eval_text: int = 300  # held-out examples per text accuracy
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> None:
+            raise InvalidSetting(name, getattr(self, name), why)
+
+        for name in ("vocab_size", "image_size", "d_model", "t5_heads", "t5_layers", "batch_size",
+                     "gate_every", "frames_per_video", "n_eval_frames", "n_text_metas", "n_eval_text"):
+            if getattr(self, name) < 1:
+                bad(name, "must be >= 1")
+        for name in ("vocab_steps", "match_steps", "options_steps", "questions_steps", "context_steps", "see_steps",
+                     "frames_steps", "warmup_steps", "phase_warmup_steps"):
+            if getattr(self, name) < 0:
+                bad(name, "must be >= 0")
+        if self.d_model % self.t5_heads:
+            bad("d_model", f"must be a multiple of t5_heads={self.t5_heads}")
+        for name in ("lr", "late_lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                bad(name, "must be > 0")
+        if self.weight_decay < 0:
+            bad("weight_decay", "must be >= 0")
+        if not 0.0 < self.gate <= 1.0:
+            bad("gate", "must be in (0, 1]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

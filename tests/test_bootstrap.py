@@ -1,7 +1,8 @@
-"""The synthetic world's backbone bootstrap (sevila/bootstrap.py), pinned on a tiny generated world:
+"""The synthetic world's backbone bootstrap (sevila/bootstrap.py; its examples: sevila/bootstrap_examples.py),
+pinned on a tiny generated world:
 
 - the example builders (MATCH, TEXT_QA on 1-4 frames, YES_NO, GROUND, FRAME_QA, FRAME_MATCH) and the slot words a
-  frame is grounded in, checked against the world's own metadata (`synth.visible_objects`, the event span);
+  frame is grounded in, checked against the world's own metadata (`visible_objects`, the event span);
 - the key invariant of the design: a text task writes the frame as exactly the tokens whose embeddings the
   Answerer's queries are trained to hit, so the text layout IS the frame layout once the queries are exact;
 - the rules that keep the reverse chain honest (QA only on event frames, no Localizer prompt);
@@ -20,18 +21,20 @@ import yaml
 
 from sevila import bootstrap as boot
 from sevila import prompts
-from sevila.bootstrap import (EMPTY_SLOTS, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET, BootstrapLoss,
-                              BootstrapSettings, HeldOut, Phase, PhaseData, Pools, Task, TaskSpec,
-                              bootstrap_backbone, choice_accuracy, curriculum, event_frame_pool, event_rows,
-                              event_slots, frame_match_example, frame_qa_example, frame_qa_pool, frames_text,
-                              ground_accuracy, ground_examples, ground_loss, load_frame_table, match_example,
-                              outside_slots, shows_event, slot_ids, slot_text, slot_words, subset_options,
-                              text_inputs, text_metas, text_qa_example, world_model_config, yes_no_accuracy,
-                              yes_no_example, _metas_by_video, _world_tokenizer_texts)
+from sevila.bootstrap import (BootstrapLoss, BootstrapSettings, HeldOut, bootstrap_backbone, choice_accuracy,
+                              curriculum, ground_accuracy, ground_loss, slot_ids, text_inputs, world_model_config,
+                              yes_no_accuracy, _metas_by_video, _world_tokenizer_texts)
+from sevila.bootstrap_examples import (EMPTY_SLOTS, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET, Gate, Phase, PhaseData,
+                                       Pools, Task, TaskSpec, event_frame_pool, event_rows, event_slots,
+                                       frame_match_example, frame_qa_example, frame_qa_pool, frames_text,
+                                       ground_examples, load_frame_table, match_example, outside_slots, shows_event,
+                                       slot_text, slot_words, subset_options, text_metas, text_qa_example,
+                                       yes_no_example)
 from sevila.checkpoints import load_sevila, read_header
 from sevila.config import ConfigError, build, load_config
 from sevila.data import synth
 from sevila.data.records import read_records
+from sevila.data.synth_render import COLOURS, visible_objects
 from sevila.model import SeViLA
 from sevila.stages import prepare
 from sevila.tokenizer import build_tiny_tokenizer, prefix_ids
@@ -170,7 +173,7 @@ def test_slot_words_name_what_the_frame_shows(metas, train_table):
             tg = meta["target"]
             assert words == ("big", tg["colour"], tg["shape"], ".") == event_slots(meta)
         else:
-            shown = synth.visible_objects(meta, t)
+            shown = visible_objects(meta, t)
             first = ("small", shown[0]["colour"], shown[0]["shape"], ".") if shown else EMPTY_SLOTS
             assert words == first and words[0] != "big"
     assert n_inside == 3  # pinned: at 6 frames per video, 3 of the 24 training frames fall in an event
@@ -249,7 +252,7 @@ def test_yes_no_example_says_yes_exactly_when_the_frame_shows_the_word():
         m = re.fullmatch(r"Question: is there a (\w+)( shape)?\?", rest)
         assert m, ex.prompt
         word, colour = m[1], bool(m[2])
-        assert word in (synth.COLOURS if colour else synth.SHAPES)
+        assert word in (COLOURS if colour else synth.SHAPES)
         assert ex.target == (prompts.YES if word in slots[0] else prompts.NO)
         answers.append(ex.target)
     assert 0.3 < answers.count(prompts.YES) / 400 < 0.6  # both answers, yes a little under half the time
@@ -314,7 +317,7 @@ def test_frame_match_names_the_event_frames_colour_or_shape(metas, train_table):
         assert ex.prompt == prompts.lettered_options([w + "." for w in words])  # bare options, no frame text
         assert len(words) == n == len(set(words))
         right = words["ABCDE".index(ex.target[-1])]
-        kind = synth.COLOURS if right == meta["target"]["colour"] else synth.SHAPES
+        kind = COLOURS if right == meta["target"]["colour"] else synth.SHAPES
         assert right in (meta["target"]["colour"], meta["target"]["shape"]) and set(words) <= set(kind)
         kinds.add(kind is synth.SHAPES)
     assert kinds == {False, True}  # colours and shapes both asked
@@ -422,9 +425,9 @@ def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, me
     assert phases[5].mix == (TaskSpec(Task.GROUND),)
     assert {t.task for t in phases[6].mix} == {Task.FRAME_QA, Task.FRAME_MATCH, Task.GROUND}
     assert [p.train_t5 for p in phases] == [True] * 5 + [False, False]
-    assert [p.gate for p in phases] == [None, boot.Gate("match2_acc", 0.8), boot.Gate("match_acc", 0.8),
-                                        boot.Gate("text_acc", 0.8), boot.Gate("multi_acc", 0.8), None,
-                                        boot.Gate("frame_qa_acc", 0.8)]
+    assert [p.gate for p in phases] == [None, Gate("match2_acc", 0.8), Gate("match_acc", 0.8),
+                                        Gate("text_acc", 0.8), Gate("multi_acc", 0.8), None,
+                                        Gate("frame_qa_acc", 0.8)]
     assert [p.lr for p in phases] == [None, None, None, s.late_lr, s.late_lr, None, s.late_lr]
     # every gate reads a metric the held-out evaluation computes
     val_recs = read_records(f"{world.paths.processed}/val.jsonl")
@@ -575,30 +578,38 @@ def test_accuracies_read_the_argmax_of_each_example(model, metas, train_table, t
 # ------------------------------------------------------------------------------------------- settings
 
 
-def test_settings_are_checked():
-    with pytest.raises(ConfigError, match="bootstrap: unknown setting"):
+def test_settings_are_checked_and_named_by_their_dotted_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"bootstrap: unknown setting\(s\) \['text_steps'\]"):
         build(BootstrapSettings, {"text_steps": 1}, "bootstrap")  # the old recipe's keys are gone
-    with pytest.raises(ConfigError, match="bootstrap: unknown setting"):
+    with pytest.raises(ConfigError, match=r"bootstrap: unknown setting\(s\) \['n_query'\]"):
         build(BootstrapSettings, {"n_query": 4}, "bootstrap")  # fixed: one query per slot word
     built = build(BootstrapSettings, {"match_steps": 5, "lr": 0.01, "see_steps": 0}, "bootstrap")
     assert built == BootstrapSettings(match_steps=5, lr=0.01, see_steps=0)
-    with pytest.raises(ValueError, match="not a multiple of t5_heads"):
-        BootstrapSettings(d_model=60, t5_heads=8)
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
-        BootstrapSettings(batch_size=0)
-    with pytest.raises(ValueError, match="frames_steps must be >= 0"):
-        BootstrapSettings(frames_steps=-1)
-    for gate in (0.0, -0.5, 1.01):
-        with pytest.raises(ValueError, match=r"gate must be in \(0, 1\]"):
-            BootstrapSettings(gate=gate)
-    assert BootstrapSettings(gate=1.0).gate == 1.0
-    with pytest.raises(ValueError, match="late_lr must be > 0"):
-        BootstrapSettings(late_lr=0.0)
+    # each bad value, as params.yaml would give it, is a ConfigError naming bootstrap.<key> before anything runs
+    params = tmp_path / "params.yaml"
+    params.write_text("bootstrap:\n  seed: 3\n")
+    for override, message in [
+        ("bootstrap.d_model=60", "bootstrap.d_model: 60 must be a multiple of t5_heads=8"),
+        ("bootstrap.batch_size=0", "bootstrap.batch_size: 0 must be >= 1"),
+        ("bootstrap.frames_steps=-1", "bootstrap.frames_steps: -1 must be >= 0"),
+        ("bootstrap.gate=0.0", "bootstrap.gate: 0.0 must be in (0, 1]"),
+        ("bootstrap.gate=-0.5", "bootstrap.gate: -0.5 must be in (0, 1]"),
+        ("bootstrap.gate=1.01", "bootstrap.gate: 1.01 must be in (0, 1]"),
+        ("bootstrap.late_lr=0", "bootstrap.late_lr: 0.0 must be > 0"),
+        ("bootstrap.grad_clip=0", "bootstrap.grad_clip: 0.0 must be > 0"),
+        ("bootstrap.weight_decay=-0.1", "bootstrap.weight_decay: -0.1 must be >= 0"),
+        ("bootstrap.lr=fast", "bootstrap.lr: expected a number, got 'fast'"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(params, [override])
+        assert str(err.value) == message
+    assert load_config(params, ["bootstrap.gate=1.0"]).bootstrap == BootstrapSettings(seed=3, gate=1.0)
 
 
 def test_params_yaml_bootstrap_section_builds():
     section = yaml.safe_load((REPO / "params.yaml").read_text())["bootstrap"]
-    settings = build(BootstrapSettings, section, "bootstrap")
+    settings = load_config(REPO / "params.yaml").bootstrap
+    assert type(settings) is BootstrapSettings
     assert {k: settings.to_dict()[k] for k in section} == section
     assert all(p.steps > 0 for p in curriculum(settings))
 

@@ -1,9 +1,13 @@
 import dataclasses
+import subprocess
+import sys
+import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
+import sevila.bootstrap
 import sevila.train
 from sevila import config, selection, settings, tracking
 from sevila.config import BadVideoPolicyName, Config, ConfigError, Precision, load_config, to_dict
@@ -60,6 +64,11 @@ def test_exponents_without_a_dot_are_numbers(tmp_path):
         ("", ["evaluate.variants.v={study: x, selector: localizer_uniform}"], "evaluate.variants.v.selector: "
          "'localizer_uniform' is not one of ['uniform', 'localizer', 'oracle', 'all']"),
         ("", ["round=0"], "round: 0 must be >= 1"),
+        # the bootstrap recipe is a typed section like every other (sevila.settings.BootstrapSettings)
+        ("bootstrap:\n  text_steps: 5\n", [], "bootstrap: unknown setting(s) ['text_steps']"),
+        ("", ["bootstrap.batch_size=0"], "bootstrap.batch_size: 0 must be >= 1"),
+        ("", ["bootstrap.gate=2"], "bootstrap.gate: 2.0 must be in (0, 1]"),
+        ("", ["bootstrap.seed=zero"], "bootstrap.seed: expected an integer, got 'zero'"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path, text, overrides, message):
@@ -92,6 +101,8 @@ def test_one_home_per_setting():
     assert config.Selector is selection.Selector is settings.Selector
     assert config.TrainConfig is sevila.train.TrainConfig is settings.TrainConfig
     assert config.LocalizerId is settings.LocalizerId and config.AnswererId is settings.AnswererId
+    assert config.BootstrapSettings is sevila.bootstrap.BootstrapSettings is settings.BootstrapSettings
+    assert typing.get_type_hints(config.Config)["bootstrap"] is settings.BootstrapSettings
     assert not hasattr(config, "StageTrain")
     assert tracking.SELECTOR_VALUES == tuple(s.value for s in settings.Selector)
 
@@ -105,3 +116,10 @@ def test_a_duplicate_key_is_an_error_naming_key_and_line(tmp_path):
     p.write_text("world: {videos: 10}\nround: 1\nworld: {seed: 2}\n")
     with pytest.raises(ConfigError, match="line 3: duplicate key 'world'"):
         load_config(p)
+
+
+def test_loading_settings_never_imports_torch():
+    # the typed settings (the bootstrap recipe's included) live in torch-free sevila.settings
+    code = "import sys, sevila.config; sevila.config.load_config('params.yaml'); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -7,7 +7,7 @@ import pytest
 
 from sevila.cli import main as cli_main
 from sevila.data.records import MomentRecord, QARecord, write_records
-from sevila.data.synth import write_mp4
+from sevila.data.synth_render import write_mp4
 from sevila.validation import build_checks, validate_records
 
 OPTS = ("red", "blue", "green", "white", "black")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import av
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -236,9 +237,6 @@ class _DecordReader:
 
 class _PyAVReader:
     def __init__(self, path: Path) -> None:
-        import av  # noqa: PLC0415
-
-        self._av = av
         self._path = path
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -261,7 +259,7 @@ class _PyAVReader:
         last = max(wanted)
         got: dict[int, np.ndarray] = {}
         k = -1
-        with self._av.open(str(self._path)) as container:
+        with av.open(str(self._path)) as container:
             stream = container.streams.video[0]
             for k, frame in enumerate(container.decode(stream)):
                 if k in wanted:
@@ -320,22 +318,6 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__}: {first_line}" if first_line else type(e).__name__
 
 
-def video_info(path: str | Path, backend: Backend = Backend.AUTO) -> tuple[int, float]:
-    """(number of frames, frames per second) as the decoder reports them."""
-    path = Path(path)
-    _check_file(path)
-
-    def work(reader):
-        n, fps = reader.info()
-        if n <= 0:
-            raise VideoEmpty(path, "the video has 0 frames")
-        if not (fps > 0 and math.isfinite(fps)):
-            raise VideoCorrupt(path, f"invalid frame rate {fps}")
-        return n, fps
-
-    return _with_backends(path, backend, work)
-
-
 def verify_video(path: str | Path) -> tuple[int, float]:
     """Full integrity check without decoding: demux every packet with PyAV and fail on a corrupt (cut)
     packet or on fewer packets than the header promises. Returns (n_frames, fps).
@@ -345,8 +327,6 @@ def verify_video(path: str | Path) -> tuple[int, float]:
     """
     path = Path(path)
     _check_file(path)
-    import av  # noqa: PLC0415
-
     try:
         reader = _PyAVReader(path)
         n_header, fps = reader.info()

@@ -15,17 +15,16 @@ import pytest
 from sevila.data import synth as S
 from sevila.data.synth import (
     CAPTION_VOCAB,
-    COLOURS,
     SHAPES,
     frame_caption,
     generate_world,
     load_world,
-    render_frame,
     sample_video_meta,
     split_assignment,
     world_text,
 )
-from sevila.data.video import Backend, frame_labels, read_frames, sample_indices, video_info
+from sevila.data.synth_render import COLOURS, render_frame
+from sevila.data.video import Backend, frame_labels, read_frames, sample_indices
 
 N_VIDEOS = 10
 ANNOTATION_FILES = [
@@ -301,8 +300,8 @@ def test_decord_reads_the_world_like_pyav(world, metas):
     out, _ = world
     for m in metas[:3]:
         path = out / "videos" / f"{m['video']}.mp4"
-        assert video_info(path, Backend.DECORD) == (m["n_frames"], pytest.approx(m["fps"]))
         d = read_frames(path, 8, size=32, backend=Backend.DECORD)
+        assert (d.n_video_frames, d.fps) == (m["n_frames"], pytest.approx(m["fps"]))
         p = read_frames(path, 8, size=32, backend=Backend.PYAV)
         assert d.indices.tolist() == p.indices.tolist()
         assert float((d.pixels - p.pixels).abs().max()) < 1e-5
@@ -315,7 +314,8 @@ def test_mpeg4_fallback_is_readable(tmp_path):
     path = tmp_path / "videos" / f"{m['video']}.mp4"
     with av.open(str(path)) as c:
         assert c.streams.video[0].codec_context.name == "mpeg4"
-    assert video_info(path, Backend.DECORD) == (m["n_frames"], pytest.approx(m["fps"]))
+    sample = read_frames(path, 4, size=16, backend=Backend.DECORD)
+    assert (sample.n_video_frames, sample.fps) == (m["n_frames"], pytest.approx(m["fps"]))
     a, b = m["event_frames"]
     frame = decode_all(path)[(a + b) // 2]
     s = m["size"]

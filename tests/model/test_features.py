@@ -12,7 +12,7 @@ import torch
 from sevila import features as F
 from sevila import prompts
 from sevila.data.records import MomentRecord, QARecord
-from sevila.data.synth import write_mp4
+from sevila.data.synth_render import write_mp4
 from sevila.data.video import BadVideoPolicy, SkipLog, read_frames
 from sevila.features import (
     Clip, FeatureCache, StoreDtype, VideoIdentity, group_by_clip, iter_clip_features, score_frames,

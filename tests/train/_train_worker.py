@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _jsonl_log import JsonlLogger  # noqa: E402
 from _train_toy import Toy, make_dataset, make_eval_fn, mse_loss  # noqa: E402
 
-from sevila.runlog import JsonlLogger  # noqa: E402
 from sevila.train import TrainConfig, train  # noqa: E402
 
 

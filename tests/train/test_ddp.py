@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sevila.runlog import read_metrics
 from sevila.checkpoint_io import load_state_file, load_tensors
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _jsonl_log import read_metrics  # noqa: E402
 REPO = HERE.parents[1]
 WORKER = HERE / "_train_worker.py"
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _jsonl_log import JsonlLogger, read_jsonl, read_metrics  # noqa: E402
 from _train_toy import Toy, make_dataset, make_eval_fn, mse_loss  # noqa: E402
 
-from sevila.runlog import JsonlLogger, read_jsonl, read_metrics  # noqa: E402
 from sevila.checkpoint_io import CheckpointError, load_state_file, load_tensors, read_header  # noqa: E402
 from sevila.train import TrainConfig, train  # noqa: E402
 

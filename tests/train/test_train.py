@@ -17,11 +17,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _train_toy import Toy, make_dataset, make_eval_fn, mse_loss  # noqa: E402
 
 from sevila import train as T  # noqa: E402
-from sevila.runlog import JsonlLogger, read_metrics  # noqa: E402
 from sevila.checkpoint_io import (  # noqa: E402
     CheckpointError, load_state_file, load_tensors, load_weights, recover_dir, write_checkpoint_dir,
 )
 from sevila.train import Goal, Precision, TrainConfig, epoch_batches, lr_at, param_groups, train, use_bf16  # noqa: E402
+
+
+class MemoryLogger:
+    """A RunLogger that keeps metrics as {step: {name: value}}; a step logged again updates it (the contract)."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[int, dict[str, float]] = {}
+
+    def log_metrics(self, metrics, step: int) -> None:
+        self.metrics.setdefault(step, {}).update(metrics)
+
+    def log_params(self, params) -> None:
+        return None
+
+    def log_artifact(self, path) -> None:
+        return None
 
 
 def cfg(**kw) -> TrainConfig:
@@ -240,16 +255,16 @@ def test_eval_best_checkpoint_and_logged_metrics(tmp_path):
         seen_modes.append((model.training, torch.is_grad_enabled()))
         return {"acc": next(values)}
 
-    log_path = tmp_path / "m.jsonl"
+    log = MemoryLogger()
     res = train(Toy(), make_dataset(24), mse_loss, cfg(epochs=2, eval_every=2), tmp_path / "run",
-                logger=JsonlLogger(log_path), eval_fn=eval_fn, best_metric="acc")
+                logger=log, eval_fn=eval_fn, best_metric="acc")
     assert seen_modes == [(False, False)] * 3  # eval mode, no autograd
     assert (res.best_step, res.best_value) == (4, 0.8)
     assert res.final_metrics == {"acc": 0.7}
     best_meta = json.loads((tmp_path / "run" / "best" / "meta.json").read_text())
     assert (best_meta["step"], best_meta["best_value"], best_meta["best_metric"]) == (4, 0.8, "acc")
     assert not (tmp_path / "run" / "best" / "state.pt").exists()  # weights to use, not to resume from
-    logged = read_metrics(log_path)
+    logged = log.metrics
     assert list(logged) == [1, 2, 3, 4, 5, 6]
     assert logged[4]["acc"] == 0.8 and set(logged[3]) == {"loss", "lr"}
     assert logged[6]["lr"] == pytest.approx(lr_at(5, 6, 1e-2, 0))
