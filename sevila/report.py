@@ -33,8 +33,9 @@ import pandas as pd
 
 from sevila.io import atomic_path, atomic_write_json, atomic_write_text
 from sevila.seeds import STD_SUFFIX, collapse_seeds
+from sevila.settings import AnswererId
 from sevila.tracking import (
-    BOOL_TAGS, INT_TAGS, PIVOT_TAGS, SELECTOR_VALUES, AnswererMode, Phase, RunTags, Study, finished_runs,
+    BOOL_TAGS, INT_TAGS, PIVOT_TAGS, SELECTOR_VALUES, Phase, RunTags, Study, finished_runs,
     latest_per_variant, normalize_uri, reap_stale_runs, start_run, tracking_uri,
 )
 
@@ -192,7 +193,7 @@ def components_table(rows: pd.DataFrame, metrics: Sequence[str] = DEFAULT_METRIC
     rows = _study_rows(rows, Study.COMPONENTS)
     if rows.empty:
         return None
-    rows = _sorted(rows, [("answerer", _order([a.value for a in AnswererMode])), ("selector", _order(SELECTOR_VALUES)),
+    rows = _sorted(rows, [("answerer", _order([a.value for a in AnswererId])), ("selector", _order(SELECTOR_VALUES)),
                           ("loc_pretrain", _bool_key), ("loc_refine", _bool_key)])
     return _table("components", "Localizer pre-training × self-refinement (paper Tables 3 and 5)", rows, [
         ("Answerer", lambda r: _answerer(r["answerer"])),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,9 +85,3 @@ def run(cfg: Config) -> dict:
     run_ids = log_report(files) if files.records else []
     return {"round": cfg.round, "variants": len(files.records), "missing": missing,
             "curves": sorted(p.stem for p in curves), "report_runs": run_ids}
-
-
-def main(argv: list[str] | None = None) -> int:
-    from sevila.cli import main as cli_main
-
-    return cli_main(["stage", "report", *(sys.argv[1:] if argv is None else argv)])

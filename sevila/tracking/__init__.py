@@ -117,9 +117,6 @@ class Study(str, enum.Enum):
     ROUND = "round"  # iterated self-refinement rounds
 
 
-# Whether the Answerer was fine-tuned on the target dataset (paper Table 5 rows) or used zero-shot: the typed
-# setting itself (one home, sevila.settings), under the name the tables and tests know it by.
-AnswererMode = settings.AnswererId
 
 
 # The values of the frame-selection modes, from their one (torch-free) home.
@@ -197,7 +194,7 @@ class RunTags:
     n_keyframes: int | None = None
     loc_pretrain: bool | None = None
     loc_refine: bool | None = None
-    answerer: AnswererMode | None = None
+    answerer: settings.AnswererId | None = None  # fine-tuned or zero-shot (paper Table 5)
     round: int | None = None
     seed: int | None = None
     dvc_stage: str | None = None
@@ -209,7 +206,8 @@ class RunTags:
         if self.study is not None:
             conv["study"] = Study(_one_of("study", self.study, [s.value for s in Study]))
         if self.answerer is not None:
-            conv["answerer"] = AnswererMode(_one_of("answerer", self.answerer, [a.value for a in AnswererMode]))
+            allowed = [a.value for a in settings.AnswererId]
+            conv["answerer"] = settings.AnswererId(_one_of("answerer", self.answerer, allowed))
         if self.selector is not None:
             conv["selector"] = _one_of("selector", self.selector, SELECTOR_VALUES)
         if self.fusion is not None:

@@ -12,7 +12,8 @@ import pytest
 
 from sevila import report as R
 from sevila import tracking as tr
-from sevila.tracking import AnswererMode, Phase, RunTags, Study
+from sevila.settings import AnswererId
+from sevila.tracking import Phase, RunTags, Study
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -255,7 +256,7 @@ def _log(variant: str, acc: float, *, fail: bool = False, **tags) -> None:
 
 def test_report_cli_writes_tables_plots_and_logs_them(store, tmp_path, capsys):
     _log("f32k4_qvh_sr", 62.0, study=Study.COMPONENTS, selector="localizer", n_frames=32, n_keyframes=4,
-         loc_pretrain=True, loc_refine=True, answerer=AnswererMode.FINETUNED)
+         loc_pretrain=True, loc_refine=True, answerer=AnswererId.FINETUNED)
     _log("f32k4_qvh_sr", 90.0, fail=True, study=Study.COMPONENTS, loc_pretrain=True, loc_refine=True)
     _log("f16k4", 58.0, study=Study.FRAMES, selector="localizer", n_frames=16, n_keyframes=4)
     _log("f32k8", 60.0, study=Study.FRAMES, selector="localizer", n_frames=32, n_keyframes=8)

@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from sevila import tracking as tr
-from sevila.tracking import AnswererMode, Phase, RunTags, Study
+from sevila.settings import AnswererId
+from sevila.tracking import Phase, RunTags, Study
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +44,7 @@ def store(tmp_path, _empty_db, monkeypatch) -> str:
 
 
 FULL_TAGS = RunTags(variant="f32k4_qvh_sr", study=Study.COMPONENTS, selector="localizer", fusion="concat",
-                    n_frames=32, n_keyframes=4, loc_pretrain=True, loc_refine=True, answerer=AnswererMode.FINETUNED,
+                    n_frames=32, n_keyframes=4, loc_pretrain=True, loc_refine=True, answerer=AnswererId.FINETUNED,
                     round=2, dvc_stage="evaluate@f32k4_qvh_sr")
 
 
@@ -296,7 +297,7 @@ def test_latest_per_variant_on_a_hand_made_frame():
 
 def test_run_tags_are_typed_and_validated():
     assert RunTags.from_tags(FULL_TAGS.to_tags() | {"unrelated": "x"}) == FULL_TAGS
-    assert FULL_TAGS.study is Study.COMPONENTS and FULL_TAGS.answerer is AnswererMode.FINETUNED
+    assert FULL_TAGS.study is Study.COMPONENTS and FULL_TAGS.answerer is AnswererId.FINETUNED
 
     class Sel(str, enum.Enum):  # someone else's enum with the same values
         LOCALIZER = "localizer"
