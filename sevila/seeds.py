@@ -9,7 +9,8 @@ vary TOGETHER, so seed N is a new world and a new backbone, and every stage afte
 
 Each seed is one DVC experiment named `seed<N>` (`dvc exp show` lists them with their metrics), and every MLflow run
 of the study carries the `seed` tag and sits under the parent run `seeds-study`. The seed params.yaml already holds
-runs last, so the workspace, dvc.lock and the default outputs end as `dvc repro` would leave them.
+runs last, so the workspace, dvc.lock and the default outputs end as `dvc repro` would leave them, and params.yaml
+is put back byte for byte (`dvc exp run -S` rewrites it).
 
 `collapse_seeds` is pure over the runs frame (one row per run: variant, seed, `metrics.*` columns), so it is tested
 on hand-made frames without MLflow or DVC; `sevila report` shows its means and spreads.
@@ -24,6 +25,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from sevila import tracking
+from sevila.config import load_config
 from sevila.repro import child_env
 
 PARENT_RUN_NAME = "seeds-study"
@@ -82,22 +85,24 @@ def collapse_seeds(rows: pd.DataFrame) -> pd.DataFrame:
 def run_seeds(seeds: Sequence[int], root: Path, extra: Sequence[str] = ()) -> int:
     """Run the study: one `dvc exp run` per seed under the MLflow parent run `seeds-study`; returns the first
     non-zero exit status (the remaining seeds are not run: a broken stage would fail them all the same)."""
-    from sevila import tracking
-    from sevila.config import load_config
-
-    cfg = load_config(root / "params.yaml")
+    params = root / "params.yaml"
+    cfg = load_config(params)
+    original = params.read_bytes()  # `dvc exp run -S` rewrites the file (its YAML formatting too)
     order = seed_order(seeds, cfg.world.seed)
-    with tracking.parent_run(PARENT_RUN_NAME, cfg.evaluate.dataset, tags={"seeds": ",".join(map(str, order))}):
-        for seed in order:
-            # A rerun replaces the seed's experiment (`dvc exp run --force` would also rerun every unchanged stage).
-            subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", exp_name(seed)], cwd=root,
-                           env=child_env(), capture_output=True)
-            cmd = exp_command(seed, extra)
-            print(f"sevila seeds: seed {seed}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
-            rc = subprocess.run(cmd, cwd=root, env=child_env()).returncode
-            if rc != 0:
-                print(f"sevila seeds: seed {seed} failed (exit {rc}); later seeds not run", file=sys.stderr)
-                return rc
+    try:
+        with tracking.parent_run(PARENT_RUN_NAME, cfg.evaluate.dataset, tags={"seeds": ",".join(map(str, order))}):
+            for seed in order:
+                # A rerun replaces the seed's experiment (`dvc exp run --force` would also rerun unchanged stages).
+                subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", exp_name(seed)], cwd=root,
+                               env=child_env(), capture_output=True)
+                cmd = exp_command(seed, extra)
+                print(f"sevila seeds: seed {seed}: {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
+                rc = subprocess.run(cmd, cwd=root, env=child_env()).returncode
+                if rc != 0:
+                    print(f"sevila seeds: seed {seed} failed (exit {rc}); later seeds not run", file=sys.stderr)
+                    return rc
+    finally:
+        params.write_bytes(original)  # the user's params.yaml as it was, comments and all
     return 0
 
 

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 
 import pandas as pd
 import pytest
 
 from sevila import report
-from sevila.seeds import collapse_seeds, exp_command, seed_order
+from sevila import seeds
+from sevila.seeds import collapse_seeds, exp_command, run_seeds, seed_order
 from sevila.tracking import RunTags, latest_per_variant
 
 
@@ -72,3 +74,26 @@ def test_report_shows_mean_and_spread_and_lists_the_seeds():
     assert records["f32k4_qvh_sr"]["accuracy"] == pytest.approx(75.0)
     assert records["f32k4_qvh_sr"]["accuracy__std"] == pytest.approx(5.0)
     assert "accuracy__std" not in records["uniform_k4"]
+
+
+def test_run_seeds_runs_each_seed_default_last_and_restores_params(tmp_path, monkeypatch):
+    params = tmp_path / "params.yaml"
+    text = "world:\n  seed: 1   # the default world\nbootstrap:\n  seed: 1\n"
+    params.write_text(text)
+    calls, real_run = [], subprocess.run
+
+    def fake_run(cmd, **kwargs):
+        if cmd[1:3] != ["-m", "dvc"]:  # git, called by the MLflow parent run
+            return real_run(cmd, **kwargs)
+        calls.append(cmd[3:])
+        params.write_text("world: {seed: 9}\n")  # what `dvc exp run -S` leaves behind
+        return subprocess.CompletedProcess(cmd, 3 if cmd[-1] == "bootstrap.seed=7" else 0)
+
+    monkeypatch.setattr(seeds.subprocess, "run", fake_run)
+    assert run_seeds([1, 0], tmp_path) == 0
+    runs = [c for c in calls if c[1] == "run"]
+    assert [c[3] for c in runs] == ["seed0", "seed1"]  # the default seed (1) last
+    assert [c for c in calls if c[1] == "remove"] == [["exp", "remove", "seed0"], ["exp", "remove", "seed1"]]
+    assert params.read_text() == text  # comments and all
+    assert run_seeds([7, 2], tmp_path) == 3  # a failing seed stops the study and is the exit status
+    assert [c[3] for c in calls if c[1] == "run"][-1] == "seed7" and params.read_text() == text
