@@ -69,9 +69,13 @@ def load_model(cfg: Config, localizer: LocalizerId = LocalizerId.BACKBONE,
     return model.to(device_of(cfg)).eval()
 
 
+def records_file(cfg: Config, stem: str) -> Path:
+    """The canonical records file `<paths.processed>/<stem>.jsonl` (`train`, `moments_val`, ...)."""
+    return Path(cfg.paths.processed) / f"{stem}.jsonl"
+
+
 def read_split(cfg: Config, split: str, moments: bool = False) -> list[Record]:
-    name = f"moments_{split}" if moments else split
-    return read_records(Path(cfg.paths.processed) / f"{name}.jsonl")
+    return read_records(records_file(cfg, f"moments_{split}" if moments else split))
 
 
 def clip_features(cfg: Config, model, records: Sequence[Record], n_frames: int | None = None,

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from sevila.chain import records_file
 from sevila.config import Config, to_dict
 from sevila.tracking import InputContext, InputFile, MlflowRunLogger, Phase, RunTags, start_run
 
@@ -84,11 +84,6 @@ def variant_params(cfg: Config, variant: str) -> dict[str, Any]:
     v = to_dict(cfg.evaluate.variants[variant])
     return {"variant": variant, **{k: v[k] for k in VARIANT_KEYS}, "split": cfg.evaluate.split,
             "round": cfg.round, "model": to_dict(cfg.model), "frames": {"bad_video": cfg.frames.bad_video.value}}
-
-
-def records_file(cfg: Config, stem: str) -> Path:
-    """The canonical records file `<paths.processed>/<stem>.jsonl` (what sevila.chain.read_split reads)."""
-    return Path(cfg.paths.processed) / f"{stem}.jsonl"
 
 
 def stage_inputs(cfg: Config, stage: str) -> list[InputFile]:
