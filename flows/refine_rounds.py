@@ -97,8 +97,8 @@ def required_inputs(cfg: Config) -> list[tuple[Path, str]]:
     """(path, what makes it) for everything round `cfg.round` starts from besides the data."""
     n = cfg.round
     needed = [(Path(cfg.model.weights), "the backbone (stage bootstrap, or a local BLIP-2 directory)")]
-    if cfg.pseudo_label.answerer is AnswererId.FINETUNED:
-        needed.append((answerer_dir(cfg, n - 1), f"finetune_answerer of round {n - 1}"))
+    if cfg.pseudo_label.answerer.finetuned:
+        needed.append((answerer_dir(cfg, cfg.pseudo_label.answerer, n - 1), f"finetune_answerer of round {n - 1}"))
     for start in cfg.refine_localizer.starts:
         start = LocalizerId(start)
         if n == 1 and start is LocalizerId.QVH:

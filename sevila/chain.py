@@ -7,6 +7,7 @@ reported (the official code's hard-coded path silently overwrote the pre-trained
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -18,7 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from sevila.checkpoint_io import trainable_state
+from sevila.checkpoint_io import load_weights, trainable_state
 from sevila.checkpoints import load_sevila, save_sevila
 from sevila.config import Config, to_dict
 from sevila.data.records import QARecord, Record, read_records
@@ -26,8 +27,8 @@ from sevila.data.video import BadVideoPolicy, SkipLog
 from sevila.features import FeatureCache, iter_clip_features
 from sevila.loading import load_for_inference
 from sevila.prompts import qa_prompts
-from sevila.settings import AnswererId, LocalizerId, TrainConfig
-from sevila.train import train
+from sevila.settings import AnswererId, Fusion, LocalizerId, Selector, TrainConfig
+from sevila.train import steps_per_epoch, train
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +42,12 @@ def localizer_dir(cfg: Config, ident: LocalizerId, round_: int | None = None) ->
     return Path(cfg.paths.models) / "localizer" / name
 
 
-def answerer_dir(cfg: Config, round_: int | None = None) -> Path:
-    return Path(cfg.paths.models) / "answerer" / f"finetuned_r{round_ or cfg.round}"
+def answerer_dir(cfg: Config, answerer: AnswererId = AnswererId.FINETUNED, round_: int | None = None) -> Path:
+    """models/answerer/<id>_r<round>: finetuned_r1 (SeViLA's, on keyframes), finetuned_uniform_r1, ..."""
+    answerer = AnswererId(answerer)
+    if not answerer.finetuned:
+        raise ValueError("the zero-shot Answerer is part of the backbone checkpoint, not a module directory")
+    return Path(cfg.paths.models) / "answerer" / f"{answerer.value}_r{round_ or cfg.round}"
 
 
 def round_dir(cfg: Config, round_: int | None = None) -> Path:
@@ -61,8 +66,8 @@ def load_model(cfg: Config, localizer: LocalizerId = LocalizerId.BACKBONE,
     model, reports = load_for_inference(cfg.model.weights, cfg.model.backbone)
     if LocalizerId(localizer) is not LocalizerId.BACKBONE:
         reports.append(load_sevila(localizer_dir(cfg, localizer, round_), model)[1])
-    if AnswererId(answerer) is AnswererId.FINETUNED:
-        reports.append(load_sevila(answerer_dir(cfg, round_), model)[1])
+    if AnswererId(answerer).finetuned:
+        reports.append(load_sevila(answerer_dir(cfg, answerer, round_), model)[1])
     for rep in reports:
         log.info("%s", rep.summary())
     model.set_trainable(localizer=False, answerer=False)
@@ -96,21 +101,63 @@ def qa_prompt_pair(rec: QARecord) -> tuple[str, str]:
 
 
 def fit_module(cfg: Config, model, module: str, items: list, loss_fn, stage: str, settings: TrainConfig,
-               out_dir: Path, logger=None, eval_fn=None) -> dict:
+               out_dir: Path, logger=None, eval_fn=None, best_metric: str | None = None) -> dict:
     """Train one module (`localizer` or `answerer`) with the shared loop, then save it alone to `out_dir`.
+
+    With `best_metric` (a key of `eval_fn`'s metrics, higher is better) the module is evaluated after every epoch
+    (unless `train.eval_every` says otherwise) and the epoch with the best value is what gets saved, as LAVIS's
+    runner keeps its best val checkpoint: a short fine-tuning on few examples is not monotone in its epochs.
 
     Training state (resumable after an interruption) lives under runs/train/<stage>-<resume_key>: the same run
     resumes ("resuming at step N" in the log), while a run that reads anything different starts afresh; the
     published checkpoint holds and names one module."""
+    if eval_fn is not None and settings.eval_every is None:
+        settings = dataclasses.replace(settings, eval_every=steps_per_epoch(len(items), settings.batch_size))
     model.set_trainable(**{module: True})
     work = Path(cfg.paths.runs) / "train" / f"{stage}-{resume_key(cfg, model, items, loss_fn, settings, out_dir)}"
     result = train(model, items, loss_fn, settings, work, collate_fn=list, logger=logger, eval_fn=eval_fn,
-                   device=device_of(cfg))
+                   best_metric=best_metric, device=device_of(cfg))
+    if result.best_checkpoint is not None and result.best_step != result.step:
+        log.info("%s: keeping step %d (%s %.2f) of %d", stage, result.best_step, best_metric, result.best_value,
+                 result.step)
+        load_weights(model, result.best_checkpoint)
     model.set_trainable(**{module: False})
-    save_sevila(model, out_dir, modules=(module,), step=result.step, run_config=to_dict(cfg))
+    kept = result.best_step if result.best_checkpoint is not None else result.step
+    save_sevila(model, out_dir, modules=(module,), step=kept, run_config=to_dict(cfg))
     losses = [h["loss"] for h in result.history if "loss" in h]
-    return {"steps": result.step, "final_loss": losses[-1] if losses else float("nan"),
-            "first_loss": losses[0] if losses else float("nan")}
+    out = {"steps": result.step, "final_loss": losses[-1] if losses else float("nan"),
+           "first_loss": losses[0] if losses else float("nan")}
+    if best_metric is not None:
+        out |= {"kept_step": kept, f"val_{best_metric}": result.best_value}
+    return out
+
+
+def qa_items(clips) -> list[dict]:
+    """The labelled questions of `clips` with their clip's features [T, P, Dv], for `chain_accuracy`."""
+    items = []
+    for c in clips:
+        for r in c.records:
+            if r.answer is not None:
+                qa, loc = qa_prompt_pair(r)
+                items.append({"features": c.features, "qa": qa, "loc": loc, "answer": int(r.answer),
+                              "n_options": len(r.options)})
+    return items
+
+
+@torch.no_grad()
+def chain_accuracy(model, items: Sequence[dict], selector: Selector, n_keyframes: int, batch: int = 16) -> float:
+    """Percent of `qa_items` the model answers right when `selector` picks `n_keyframes` of each clip's frames for
+    the Answerer (concatenated): the val accuracy the chain's fine-tuning stages keep their best epoch by."""
+    dev = next(model.t5.parameters()).device
+    correct = 0
+    for i in range(0, len(items), batch):
+        chunk = items[i:i + batch]
+        res = model.answer(stack(chunk, "features").to(dev), [it["qa"] for it in chunk],
+                           [it["n_options"] for it in chunk], selector=selector, fusion=Fusion.CONCAT,
+                           n_keyframes=n_keyframes, loc_prompts=[it["loc"] for it in chunk],
+                           gold=[it["answer"] for it in chunk])
+        correct += int(res.correct.sum())
+    return 100.0 * correct / max(1, len(items))
 
 
 #: Code a training run's trajectory depends on besides the stage's own module (its loss function): the model, the

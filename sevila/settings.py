@@ -68,17 +68,33 @@ class LocalizerId(str, enum.Enum):
         return self in (LocalizerId.SR, LocalizerId.QVH_SR)
 
 
-class AnswererId(str, enum.Enum):
-    ZERO_SHOT = "zero_shot"  # the backbone's Q-Former in the Answerer slot
-    FINETUNED = "finetuned"  # fine-tuned on keyframes (forward chain, paper §3.1)
-
-
 class FrameSelection(str, enum.Enum):
     """Frames the Answerer is fine-tuned on: the Localizer's keyframes (SeViLA) or the ablations' alternatives."""
 
     LOCALIZER = "localizer"
     UNIFORM = "uniform"
     RANDOM = "random"
+
+
+class AnswererId(str, enum.Enum):
+    """Which Answerer a stage or variant uses: the backbone's, or one fine-tuned on the frames it names. A baseline
+    is fine-tuned on the frames it is evaluated on: the paper's BLIP-2^concat (Table 9) is BLIP-2 fine-tuned on
+    uniform frames, not SeViLA's Answerer (which only ever saw event keyframes) shown uniform ones."""
+
+    ZERO_SHOT = "zero_shot"  # the backbone's Q-Former in the Answerer slot
+    FINETUNED = "finetuned"  # fine-tuned on the Localizer's keyframes (forward chain, paper §3.1)
+    FINETUNED_UNIFORM = "finetuned_uniform"  # fine-tuned on uniform frames (BLIP-2^concat, paper Table 9)
+    FINETUNED_RANDOM = "finetuned_random"  # fine-tuned on random frames
+
+    @property
+    def finetuned(self) -> bool:
+        return self is not AnswererId.ZERO_SHOT
+
+    @classmethod
+    def trained_on(cls, frames: FrameSelection) -> "AnswererId":
+        """The Answerer `finetune_answerer` makes from `frames`."""
+        return {FrameSelection.LOCALIZER: cls.FINETUNED, FrameSelection.UNIFORM: cls.FINETUNED_UNIFORM,
+                FrameSelection.RANDOM: cls.FINETUNED_RANDOM}[FrameSelection(frames)]
 
 
 class Precision(str, enum.Enum):

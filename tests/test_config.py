@@ -123,3 +123,19 @@ def test_loading_settings_never_imports_torch():
     code = "import sys, sevila.config; sevila.config.load_config('params.yaml'); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_each_frame_choice_makes_its_own_answerer_directory():
+    from sevila.chain import answerer_dir  # torch: kept out of the torch-free import test above
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert [settings.AnswererId.trained_on(f).value for f in settings.FrameSelection] == [
+        "finetuned", "finetuned_uniform", "finetuned_random"]
+    assert answerer_dir(cfg).as_posix() == "models/answerer/finetuned_r1"  # SeViLA's Answerer keeps its name
+    uniform = answerer_dir(cfg, settings.AnswererId.FINETUNED_UNIFORM, 3)
+    assert uniform.as_posix() == "models/answerer/finetuned_uniform_r3"
+    with pytest.raises(ValueError, match="zero-shot Answerer is part of the backbone"):
+        answerer_dir(cfg, settings.AnswererId.ZERO_SHOT)
+    variants = cfg.evaluate.variants  # the baselines read the Answerer fine-tuned on their own frames
+    assert {n: v.answerer.value for n, v in variants.items() if v.selector is settings.Selector.UNIFORM} == {
+        "uniform_k4": "finetuned_uniform", "uniform_k32": "finetuned_uniform"}

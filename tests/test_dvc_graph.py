@@ -39,6 +39,8 @@ NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/errors.py", "sevil
 NOT_READ = {"prepare": {"sevila/data/__init__.py", "sevila/data/how2qa.py", "sevila/data/star.py",
                         "sevila/data/tvqa.py", "sevila/data/vlep.py", "sevila/data/sevila_json.py"}}
 CONTENT_FOR = {"report": {"sevila/tracking/__init__.py"}}
+# DVC stages that run another stage's code with one setting changed: the baselines' Answerer (uniform frames).
+RUNS_AS = {"finetune_answerer_uniform": ("finetune_answerer", "-o finetune_answerer.frames=uniform")}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,8 @@ def stages() -> dict:
 
 
 def _family(name: str) -> str:
-    return name.split("@", 1)[0]
+    name = name.split("@", 1)[0]
+    return RUNS_AS[name][0] if name in RUNS_AS else name
 
 
 def _code_deps(stage) -> set[str]:
@@ -83,6 +86,8 @@ def test_every_stage_is_in_the_graph_and_evaluate_covers_exactly_the_variants(st
         assert by_name[f"evaluate@{v}"].cmd == f"sevila stage evaluate -o evaluate.only=[{v}]"
     for name in set(STAGES) - {"evaluate"}:
         assert by_name[name].cmd == f"sevila stage {name}"
+    for name, (stage, override) in RUNS_AS.items():
+        assert by_name[name].cmd == f"sevila stage {stage} {override}"
 
 
 def test_stages_chain_in_pipeline_order(stages):
@@ -96,9 +101,12 @@ def test_stages_chain_in_pipeline_order(stages):
         "pretrain_localizer": data, "pseudo_label": data,
         "refine_localizer": data | {"pretrain_localizer", "pseudo_label"},
         "finetune_answerer": data | {"pretrain_localizer", "pseudo_label", "refine_localizer"},
-        "report": data | {"pretrain_localizer", "pseudo_label", "refine_localizer", "finetune_answerer"} | evaluates,
+        "finetune_answerer_uniform": data,  # uniform frames need no Localizer
+        "report": data | {"pretrain_localizer", "pseudo_label", "refine_localizer", "finetune_answerer",
+                          "finetune_answerer_uniform"} | evaluates,
     }
-    expected |= {n: expected["finetune_answerer"] | {"finetune_answerer"} for n in evaluates}
+    expected |= {n: expected["finetune_answerer"] | {"finetune_answerer", "finetune_answerer_uniform"}
+                 for n in evaluates}
     # DVC's edges point from a stage to the stages it depends on: descendants = everything upstream
     assert {n: {d.addressing for d in nx.descendants(graph, s)} for n, s in by_name.items()} == expected
     assert list(STAGES) == CHAIN  # STAGES is kept in dvc.yaml's (topological) order
@@ -128,7 +136,8 @@ def test_data_and_models_are_dvc_outputs_metrics_and_plot_sources_cached(stages)
             assert top in ("data", "models", "runs", "reports"), f"{name}: {o.def_path} would not be git-ignored"
             if o.metric:
                 assert o.use_cache and o.def_path.endswith(".json"), f"{name}: metrics {o.def_path} is not cached"
-    for name in ("bootstrap", "pretrain_localizer", "pseudo_label", "refine_localizer", "finetune_answerer"):
+    for name in ("bootstrap", "pretrain_localizer", "pseudo_label", "refine_localizer", "finetune_answerer",
+                 "finetune_answerer_uniform"):
         assert any(o.metric for o in by_name[name].outs), f"{name} has no DVC metrics file"
     assert all(any(o.metric for o in s.outs) for n, s in by_name.items() if n.startswith("evaluate@"))
     plot_sources = {o.def_path: o.use_cache for o in by_name["report"].outs}
@@ -203,7 +212,7 @@ def test_dvc_status_invalidates_only_the_stages_a_setting_feeds(committed_copy):
         params = yaml.safe_load(original)
         params["frames"]["n_keyframes"] = 2
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        assert set(_status(root)) == {"pretrain_localizer", "finetune_answerer"}
+        assert set(_status(root)) == {"pretrain_localizer", "finetune_answerer", "finetune_answerer_uniform"}
     finally:
         (root / "params.yaml").write_text(original)
     assert _status(root) == {}

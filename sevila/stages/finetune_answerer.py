@@ -1,6 +1,8 @@
 """Stage `finetune_answerer` (forward chain, paper §3.1): the frozen Localizer picks k of the n frames of each
 training question (top-k by score, kept in temporal order) and the Answerer learns `Option X` from them. Uniform
-or random frames are the typed alternatives the ablations need (`finetune_answerer.frames`)."""
+or random frames are the typed alternatives the baselines need (`finetune_answerer.frames`); each makes its own
+Answerer (`AnswererId.trained_on`): the uniform one is the paper's BLIP-2^concat (Table 9), fine-tuned on the
+frames it is evaluated on. The epoch kept is the one with the best val accuracy through the same frame choice."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,11 +11,17 @@ import numpy as np
 import torch
 
 from sevila import tracking
-from sevila.chain import answerer_dir, clip_features, fit_module, load_model, qa_prompt_pair, read_split, stack
-from sevila.config import Config, FrameSelection
+from sevila.chain import (answerer_dir, chain_accuracy, clip_features, fit_module, load_model, qa_items, qa_prompt_pair,
+                          read_split, stack)
+from sevila.config import Config, FrameSelection, LocalizerId
 from sevila.io import atomic_write_json
 from sevila.run_settings import stage_run
 from sevila.selection import uniform_keyframes
+from sevila.settings import AnswererId, Selector
+
+#: How val questions pick their frames for the kept-epoch accuracy (random frames are judged on uniform ones).
+VAL_SELECTOR = {FrameSelection.LOCALIZER: Selector.LOCALIZER, FrameSelection.UNIFORM: Selector.UNIFORM,
+                FrameSelection.RANDOM: Selector.UNIFORM}
 
 
 @torch.no_grad()
@@ -50,20 +58,31 @@ def answerer_loss(model, batch: list[dict]) -> torch.Tensor:
     return loss
 
 
+def stage_name(frames: FrameSelection) -> str:
+    """The DVC stage that makes the Answerer of `frames`: finetune_answerer (SeViLA's), finetune_answerer_uniform."""
+    return "finetune_answerer" + ("" if frames is FrameSelection.LOCALIZER else f"_{frames.value}")
+
+
 def run(cfg: Config) -> dict:
     ft = cfg.finetune_answerer
-    model = load_model(cfg, localizer=ft.localizer)
+    answerer = AnswererId.trained_on(ft.frames)
+    stage = stage_name(ft.frames)
+    name = f"{stage}_r{cfg.round}"  # report file and MLflow run
+    uses_loc = ft.frames is FrameSelection.LOCALIZER
+    model = load_model(cfg, localizer=ft.localizer if uses_loc else LocalizerId.BACKBONE)
     k = cfg.frames.n_keyframes
     items = answerer_items(model, clip_features(cfg, model, read_split(cfg, "train")), ft.frames, k, ft.train.seed)
-    tags = tracking.RunTags(variant=f"finetune_{ft.frames.value}", round=cfg.round, answerer="finetuned",
-                            loc_pretrain=ft.localizer.pretrained, loc_refine=ft.localizer.refined,
-                            n_frames=cfg.frames.n_frames, n_keyframes=k, dvc_stage="finetune_answerer")
-    with stage_run(cfg, "finetune_answerer", tracking.Phase.FINETUNE, f"finetune_answerer_r{cfg.round}",
-                   tags) as run_log:
-        metrics = fit_module(cfg, model, "answerer", items, answerer_loss, "finetune_answerer", ft.train,
-                             answerer_dir(cfg), logger=run_log)
+    val = qa_items(clip_features(cfg, model, read_split(cfg, "val")))
+    tags = tracking.RunTags(variant=f"finetune_{ft.frames.value}", round=cfg.round, answerer=answerer,
+                            loc_pretrain=ft.localizer.pretrained if uses_loc else None,
+                            loc_refine=ft.localizer.refined if uses_loc else None,
+                            n_frames=cfg.frames.n_frames, n_keyframes=k, dvc_stage=stage)
+    with stage_run(cfg, "finetune_answerer", tracking.Phase.FINETUNE, name, tags) as run_log:
+        metrics = fit_module(cfg, model, "answerer", items, answerer_loss, stage, ft.train,
+                             answerer_dir(cfg, answerer), logger=run_log, best_metric="qa_acc",
+                             eval_fn=lambda m: {"qa_acc": chain_accuracy(m, val, VAL_SELECTOR[ft.frames], k)})
         run_log.log_metrics({k_: float(v) for k_, v in metrics.items()})
-    metrics |= {"round": cfg.round, "questions": len(items), "frames": ft.frames.value, "localizer": ft.localizer.value}
-    atomic_write_json(Path(cfg.paths.reports) / f"finetune_answerer_r{cfg.round}.json", metrics)
+    metrics |= {"round": cfg.round, "questions": len(items), "val_questions": len(val), "frames": ft.frames.value,
+                "answerer": answerer.value, "localizer": ft.localizer.value if uses_loc else None}
+    atomic_write_json(Path(cfg.paths.reports) / f"{name}.json", metrics)
     return metrics
-

@@ -5,7 +5,8 @@ official loader draws a random frame per segment; with cached features we take e
 
 Besides frame AUC and keyframe-in-span, the val moments are scored as QVHighlights moment retrieval (R1@0.5,
 R1@0.7, mAP over IoU 0.5:0.95, sevila.moments' official definitions; the paper reports the Localizer on
-QVHighlights): frame scores -> windows by `moment_windows`."""
+QVHighlights): frame scores -> windows by `moment_windows`. The epoch kept is the one with the best val frame AUC
+(how well the scores rank a moment's frames above the rest, which is all top-k keyframe selection uses)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -85,7 +86,8 @@ def run(cfg: Config) -> dict:
     with stage_run(cfg, "pretrain_localizer", tracking.Phase.PRETRAIN, "pretrain_localizer", tags) as run_log:
         before = moment_quality(model, val_items, k)
         metrics = fit_module(cfg, model, "localizer", train_items, localizer_loss, "pretrain_localizer",
-                             cfg.pretrain_localizer.train, localizer_dir(cfg, LocalizerId.QVH), logger=run_log)
+                             cfg.pretrain_localizer.train, localizer_dir(cfg, LocalizerId.QVH), logger=run_log,
+                             best_metric="frame_auc", eval_fn=lambda m: moment_quality(m, val_items, k))
         after = moment_quality(model, val_items, k)
         metrics |= {f"val_{k_}_before": v for k_, v in before.items()} | {f"val_{k_}": v for k_, v in after.items()}
         run_log.log_metrics({k_: float(v) for k_, v in metrics.items()})

@@ -50,9 +50,9 @@ def label_clip(model, features: torch.Tensor, records) -> list[dict]:
 
 def run(cfg: Config) -> dict:
     answerer = cfg.pseudo_label.answerer
-    if answerer is AnswererId.FINETUNED and cfg.round < 2:
-        raise ValueError("pseudo_label.answerer=finetuned needs a previous round's Answerer (round >= 2)")
-    model = load_model(cfg, answerer=answerer, round_=cfg.round - 1 if answerer is AnswererId.FINETUNED else None)
+    if answerer.finetuned and cfg.round < 2:
+        raise ValueError(f"pseudo_label.answerer={answerer.value} needs a previous round's Answerer (round >= 2)")
+    model = load_model(cfg, answerer=answerer, round_=cfg.round - 1 if answerer.finetuned else None)
     records = [r for r in read_split(cfg, "train") if r.answer is not None]
     skipped = SkipLog()
     lines, n_pos = [], []

@@ -2,7 +2,8 @@
 pseudo-labels with the Localizer prompt and yes/no targets. It starts from the Localizer each entry of
 `refine_localizer.starts` names (the backbone's Q-Former -> `sr`, the pre-trained one -> `qvh_sr`; from round 2
 on, the previous round's refined one), and each result is written to its own round-suffixed directory: nothing
-is silently overwritten."""
+is silently overwritten. The epoch kept is the one whose keyframes let the (frozen) Answerer answer the most val
+questions: the chain's own val accuracy, what LAVIS's runner selects on; val needs no ground-truth spans."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import torch
 
 from sevila import tracking
-from sevila.chain import clip_features, fit_module, load_model, localizer_dir, qa_prompt_pair, read_split
+from sevila.chain import (chain_accuracy, clip_features, fit_module, load_model, localizer_dir, qa_items, qa_prompt_pair,
+                          read_split)
 from sevila.config import Config, LocalizerId
 from sevila.io import atomic_write_json
 from sevila.run_settings import stage_run
+from sevila.settings import Selector
 from sevila.stages.pretrain_localizer import localizer_loss
 from sevila.stages.pseudo_label import label_file, read_labels
 
@@ -51,6 +54,8 @@ def run(cfg: Config) -> dict:
         load_id, load_round, target = start_and_target(LocalizerId(start), cfg.round)
         model = load_model(cfg, localizer=load_id, round_=load_round)
         items = pseudo_items(clip_features(cfg, model, records), labels)
+        val = qa_items(clip_features(cfg, model, read_split(cfg, "val")))
+        k = cfg.frames.n_keyframes
         tags = tracking.RunTags(variant=f"refine_{target.value}", study=tracking.Study.ROUND, round=cfg.round,
                                 loc_pretrain=target.pretrained, loc_refine=True, n_frames=cfg.frames.n_frames,
                                 dvc_stage="refine_localizer")
@@ -58,7 +63,9 @@ def run(cfg: Config) -> dict:
         with stage_run(cfg, "refine_localizer", tracking.Phase.REFINE, f"refine_{target.value}_r{cfg.round}", tags,
                        inputs=[pseudo]) as run_log:
             metrics = fit_module(cfg, model, "localizer", items, localizer_loss, f"refine_{target.value}",
-                                 cfg.refine_localizer.train, localizer_dir(cfg, target), logger=run_log)
+                                 cfg.refine_localizer.train, localizer_dir(cfg, target), logger=run_log,
+                                 best_metric="qa_acc",
+                                 eval_fn=lambda m: {"qa_acc": chain_accuracy(m, val, Selector.LOCALIZER, k)})
             run_log.log_metrics({k: float(v) for k, v in metrics.items()})
         results[target.value] = {"from": load_id.value, "from_round": load_round, "questions": len(items), **metrics}
     out = {"round": cfg.round, "localizers": results}

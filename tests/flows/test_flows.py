@@ -207,7 +207,8 @@ def test_report_stage_tables_this_rounds_variants_and_loss_curves(two_rounds, ti
     md = Path(cfg.paths.reports, "ablations.md").read_text(encoding="utf-8")
     assert f"| 8 | 2 | {MAIN} |" in md  # Table 7 borrows the full-SeViLA components row
     assert sorted(p.stem for p in Path(cfg.paths.reports, "curves").glob("*.json")) == [
-        "finetune_answerer_r1", "pretrain_localizer", "refine_qvh_sr_r1", "refine_sr_r1"]
+        "finetune_answerer_r1", "finetune_answerer_uniform_r1", "pretrain_localizer", "refine_qvh_sr_r1",
+        "refine_sr_r1"]
     refine = _json(Path(cfg.paths.reports, "refine_localizer_r1.json"))
     curve = _json(Path(cfg.paths.reports, "curves", "refine_sr_r1.json"))
     assert [p["step"] for p in curve] == list(range(1, refine["localizers"]["sr"]["steps"] + 1))

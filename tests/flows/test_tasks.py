@@ -23,7 +23,7 @@ from sevila import tracking
 from .conftest import MINI_DVC, REPO, dvc_status, make_dvc_project, mini_project
 
 CHAIN = ["prepare", "validate", "bootstrap", "pretrain_localizer", "pseudo_label", "refine_localizer",
-         "finetune_answerer"]
+         "finetune_answerer", "finetune_answerer_uniform"]
 
 def test_the_task_graph_is_dvcs(tmp_path):
     params = make_dvc_project(tmp_path / "p")
@@ -33,6 +33,7 @@ def test_the_task_graph_is_dvcs(tmp_path):
     assert needs["prepare"] == [] and needs["validate"] == ["prepare"]
     assert needs["refine_localizer"] == ["bootstrap", "prepare", "pretrain_localizer", "pseudo_label"]
     assert needs["finetune_answerer"] == ["bootstrap", "prepare", "refine_localizer"]
+    assert needs["finetune_answerer_uniform"] == ["bootstrap", "prepare"]  # no Localizer: beside the chain
     assert needs["report"] == sorted(f"evaluate@{v}" for v in variants)
 
 

@@ -10,12 +10,18 @@ import os
 
 import numpy as np
 import pytest
+import torch
 
 from sevila import cli
 from sevila.checkpoints import read_header
+from sevila.chain import clip_features, fit_module, load_model, read_split
+from sevila.checkpoint_io import load_weights
+from sevila.checkpoints import load_sevila
 from sevila.config import load_config
 from sevila.data.records import read_records
 from sevila.stages import evaluate, finetune_answerer, pretrain_localizer, pseudo_label, refine_localizer
+from sevila.settings import FrameSelection, TrainConfig
+from sevila.stages.finetune_answerer import answerer_items, answerer_loss
 from sevila.stages.pretrain_localizer import moment_windows
 
 VARIANTS = {
@@ -23,12 +29,25 @@ VARIANTS = {
                     "localizer": "qvh_sr", "answerer": "finetuned"},
     "f8k2_none": {"study": "components", "selector": "localizer", "n_frames": 8, "n_keyframes": 2,
                   "localizer": "none", "answerer": "zero_shot"},
-    "uniform_f2": {"study": "baseline", "selector": "uniform", "n_frames": 8, "n_keyframes": 2},
+    "uniform_f2": {"study": "baseline", "selector": "uniform", "n_frames": 8, "n_keyframes": 2,
+                   "answerer": "finetuned_uniform"},
     "voting": {"study": "baseline", "selector": "all", "fusion": "vote", "n_frames": 8},
     "oracle": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 8},
 }
+
+
+class UniformAnswerer:
+    """DVC's finetune_answerer_uniform: the finetune_answerer stage with `finetune_answerer.frames=uniform`."""
+
+    @staticmethod
+    def run(cfg):
+        ft = dataclasses.replace(cfg.finetune_answerer, frames=FrameSelection.UNIFORM)
+        return finetune_answerer.run(dataclasses.replace(cfg, finetune_answerer=ft))
+
+
 ORDER = {"pretrain_localizer": pretrain_localizer, "pseudo_label": pseudo_label,
-         "refine_localizer": refine_localizer, "finetune_answerer": finetune_answerer, "evaluate": evaluate}
+         "refine_localizer": refine_localizer, "finetune_answerer": finetune_answerer,
+         "finetune_answerer_uniform": UniformAnswerer, "evaluate": evaluate}
 
 
 class Chain:
@@ -102,6 +121,38 @@ def test_finetune_answerer_on_localizer_keyframes(chain):
     assert metrics["frames"] == "localizer" and metrics["localizer"] == "qvh_sr" and metrics["steps"] == 2
     assert read_header(f"{chain.cfg.paths.models}/answerer/finetuned_r1").parts == ("answerer",)
     assert (metrics["first_loss"], metrics["final_loss"]) == pytest.approx((17.27667809, 16.79939842), rel=1e-5)
+
+
+def test_finetune_answerer_on_uniform_frames_makes_the_baselines_answerer(chain):
+    # issue 10: uniform_k4 read SeViLA's Answerer (fine-tuned on event keyframes only) and fell below chance;
+    # the paper's BLIP-2^concat is fine-tuned on the uniform frames it is evaluated on
+    metrics = chain["finetune_answerer_uniform"]
+    assert (metrics["frames"], metrics["answerer"], metrics["localizer"]) == ("uniform", "finetuned_uniform", None)
+    assert read_header(f"{chain.cfg.paths.models}/answerer/finetuned_uniform_r1").parts == ("answerer",)
+    assert json.load(open(f"{chain.cfg.paths.reports}/finetune_answerer_uniform_r1.json")) == metrics
+    assert metrics["kept_step"] == metrics["steps"] and metrics["val_questions"] > 0  # one epoch: its end is kept
+    sevila_answerer = chain["finetune_answerer"]
+    assert metrics["first_loss"] != sevila_answerer["first_loss"]  # other frames, another Answerer
+
+
+def test_fit_module_keeps_the_epoch_with_the_best_val_metric(chain, tmp_path):
+    cfg = dataclasses.replace(chain.cfg, paths=dataclasses.replace(chain.cfg.paths, runs=str(tmp_path / "runs")))
+    model = load_model(cfg)
+    items = answerer_items(model, clip_features(cfg, model, read_split(cfg, "train")), FrameSelection.UNIFORM, 2, 0)
+    settings = TrainConfig(lr=1e-2, epochs=3, batch_size=len(items), micro_batch=len(items), checkpoint_every=1)
+    val = iter([50.0, 90.0, 10.0])  # epoch 2 is the best
+    out = fit_module(cfg, model, "answerer", items, answerer_loss, "t", settings, tmp_path / "ans",
+                     eval_fn=lambda m: {"qa_acc": next(val)}, best_metric="qa_acc")
+    assert (out["steps"], out["kept_step"], out["val_qa_acc"]) == (3, 2, 90.0)
+    kept = {k: v.clone() for k, v in model.answerer.state_dict().items()}
+    work = next((tmp_path / "runs" / "train").iterdir())
+    model.set_trainable(answerer=True)
+    load_weights(model, work / "last")  # the last epoch differs from what was kept ...
+    assert any(not torch.equal(v, kept[k]) for k, v in model.answerer.state_dict().items())
+    load_sevila(tmp_path / "ans", model)  # ... and the published module is epoch 2's
+    assert all(torch.equal(v, kept[k]) for k, v in model.answerer.state_dict().items())
+    load_weights(model, work / "best")
+    assert all(torch.equal(v, kept[k]) for k, v in model.answerer.state_dict().items())
 
 
 def test_evaluate_every_variant(chain):
