@@ -16,7 +16,7 @@ from sevila.settings import Precision
 from sevila.train import hold_frozen, use_bf16
 from sevila.weights import empty_model
 from sevila.weights_hf import (
-    Numerics, attach_dir_tokenizer, build_from_blip2_dir, config_from_blip2, load_blip2_weights, read_blip2_config,
+    Numerics, blip2_dir_tokenizer, build_from_blip2_dir, config_from_blip2, load_blip2_weights, read_blip2_config,
 )
 from sevila.weights_lavis import LavisLayout, load_lavis_checkpoint
 
@@ -64,7 +64,7 @@ def load_for_inference(weights: str | Path, backbone: str | Path | None = None, 
                 config = SeViLAConfig.from_dict(header.model_config)
             else:  # a training checkpoint: the backbone directory gives the sizes
                 config = config_from_blip2(read_blip2_config(backbone), numerics)
-            model, rep = with_backbone(config, checkpoint_tokenizer(header), backbone)
+            model, rep = with_backbone(config, checkpoint_tokenizer(header), backbone, weights)
             reports += [rep, load_sevila(weights, model)[1]]
     else:
         if backbone is None:
@@ -73,8 +73,7 @@ def load_for_inference(weights: str | Path, backbone: str | Path | None = None, 
         model, rep = build_from_blip2_dir(backbone, numerics=numerics)
         reports += [rep, load_lavis_checkpoint(model, weights, layout)]
     if getattr(model, "tokenizer", None) is None:
-        raise CheckpointError(f"{weights}: no tokenizer found (expected {TOKENIZER_DIR}/ beside our checkpoint, or "
-                              "tokenizer files in the BLIP-2 directory)")
+        raise CheckpointError(f"{weights}: no tokenizer found (expected {TOKENIZER_DIR}/ beside our checkpoint)")
     return model, reports
 
 
@@ -106,12 +105,12 @@ def assemble(weights: str | Path, backbone: str | Path | None = None, modules: S
     return model.to(device).eval(), reports
 
 
-def with_backbone(config, tokenizer, backbone: str | Path) -> tuple[nn.Module, WeightsReport]:
-    """A model of `config` whose every part is first loaded from the BLIP-2 directory `backbone`."""
+def with_backbone(config, tokenizer, backbone: str | Path, weights: str | Path) -> tuple[nn.Module, WeightsReport]:
+    """A model of `config` whose every part is first loaded from the BLIP-2 directory `backbone`; the tokenizer is
+    `tokenizer` (the one saved with `weights`) or else the directory's, looked up before any weight is read."""
+    if tokenizer is None:
+        tokenizer = blip2_dir_tokenizer(backbone, also_looked=f", and {weights} has no {TOKENIZER_DIR}/ beside it")
     model = empty_model(config, tokenizer)
-    report = load_blip2_weights(model, backbone)
-    if model.tokenizer is None:
-        attach_dir_tokenizer(model, Path(backbone))
-    return model, report
+    return model, load_blip2_weights(model, backbone)
 
 
