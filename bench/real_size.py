@@ -72,7 +72,7 @@ from sevila.model import SeViLA, SeViLAConfig, build_sevila, parameter_counts, s
 from sevila.selection import Fusion, Selector  # noqa: E402
 from sevila.settings import Precision  # noqa: E402
 from sevila.tokenizer import build_tiny_tokenizer  # noqa: E402
-from sevila.train import param_groups, use_bf16  # noqa: E402
+from sevila.train import hold_frozen, param_groups, use_bf16  # noqa: E402
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H200 SXM datasheet: 1,979 TFLOP/s bf16 with sparsity, half of it dense
 N_OPTIONS = 5  # NExT-QA's five options (the longest Answerer prompts)
@@ -103,23 +103,12 @@ def config_at(depth: Depth) -> SeViLAConfig:
     })
 
 
-def prepare(model: SeViLA, bf16: bool) -> SeViLA:
-    """The pipeline's inference/training precision: frozen ViT and T5 held in bf16 when bf16 is on (they never
-    train, so no fp32 master copy is needed); the bridges stay fp32 (they train; autocast runs their matmuls in
-    bf16). Everything inference-only: no requires_grad until a module is switched on."""
-    if bf16:
-        model.vision.to(torch.bfloat16)
-        model.t5.to(torch.bfloat16)
-    model.set_trainable(localizer=False, answerer=False)
-    return model.eval()
-
-
 def random_model(config: SeViLAConfig, tok, device: torch.device, bf16: bool, seed: int) -> SeViLA:
     """The model with random weights, allocated once in its final dtypes: built on the meta device, then filled
     (matrices N(0, 0.02) as BLIP-2 and T5 initialise them, LayerNorm gains 1, biases 0). transformers' own
     initialisation draws every weight twice (torch's default, then its own) and costs more than the measurements
     on a CPU; the values do not change what is measured."""
-    model = prepare(build_sevila(config, tok, device="meta"), bf16).to_empty(device=device)
+    model = hold_frozen(build_sevila(config, tok, device="meta"), bf16).to_empty(device=device)
     model.t5.tie_weights()  # to_empty gives every module its own tensor: T5's embeddings share one again
     gen = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -309,7 +298,7 @@ def count(tok, bf16: bool, n_frames: int, k: int, qa: list[str], loc: list[str],
     one layer (Q-Former: one pair) deeper per stack: FlopCounterMode's module tracker attributes backward FLOPs to
     the wrong layer at times, its totals are right; forward attributions (ViT, chain) are exact."""
     config = config_at(depth)
-    model = prepare(build_sevila(config, tok, device="meta"), bf16)
+    model = hold_frozen(build_sevila(config, tok, device="meta"), bf16)
     p, dv = config.n_vision_tokens, config.vision_config().hidden_size
     feat_dtype = torch.bfloat16 if bf16 else torch.float32
     with meta_masks():
@@ -327,7 +316,7 @@ def count(tok, bf16: bool, n_frames: int, k: int, qa: list[str], loc: list[str],
         per_layer["vit"] = 0.0  # the step starts from cached features
         for stack, more in (("qformer", 2), ("t5_encoder", 1), ("t5_decoder", 1)):
             deeper = replace(depth, **{stack: getattr(depth, stack) + more})
-            deeper_model = prepare(build_sevila(config_at(deeper), tok, device="meta"), bf16)
+            deeper_model = hold_frozen(build_sevila(config_at(deeper), tok, device="meta"), bf16)
             per_layer[stack] = (count_step(deeper_model, deeper, k, qa, micro_batch, feat_dtype)[0] - step_flops) / more
     return Counts(vit, chain, Cost(depth, step_flops, per_layer), saved)
 
@@ -383,7 +372,7 @@ class Sizes:
 
 
 def sizes(depth: Depth, bf16: bool) -> Sizes:
-    model = prepare(build_sevila(config_at(depth), device="meta"), bf16)
+    model = hold_frozen(build_sevila(config_at(depth), device="meta"), bf16)
     n = parameter_counts(model)
     return Sizes(n.total, sum(t.numel() * t.element_size() for t in model.parameters()), n.trainable["answerer"])
 

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 
 from sevila.checkpoint_io import load_weights, trainable_state
-from sevila.checkpoints import load_sevila, save_sevila
+from sevila.checkpoints import save_sevila
 from sevila.config import Config, to_dict
 from sevila.data.records import QARecord, Record, read_records
 from sevila.data.video import BadVideoPolicy, SkipLog
 from sevila.features import FeatureCache, iter_clip_features
-from sevila.loading import load_for_inference
+from sevila.loading import assemble
 from sevila.prompts import qa_prompts
-from sevila.settings import AnswererId, Fusion, LocalizerId, Selector, TrainConfig
+from sevila.settings import AnswererId, Fusion, LocalizerId, Precision, Selector, TrainConfig
 from sevila.train import steps_per_epoch, train
 
 log = logging.getLogger(__name__)
@@ -61,17 +61,27 @@ def device_of(cfg: Config) -> torch.device:
 
 
 def load_model(cfg: Config, localizer: LocalizerId = LocalizerId.BACKBONE,
-               answerer: AnswererId = AnswererId.ZERO_SHOT, round_: int | None = None):
-    """The backbone from `model.weights` with the asked-for Localizer and Answerer laid over it, frozen, eval."""
-    model, reports = load_for_inference(cfg.model.weights, cfg.model.backbone)
+               answerer: AnswererId = AnswererId.ZERO_SHOT, round_: int | None = None,
+               precision: Precision = Precision.AUTO):
+    """The backbone from `model.weights` (with `model.backbone`) and the asked-for Localizer and Answerer laid over
+    it, frozen, eval, on `model.device`; on a GPU with bf16 the frozen ViT and T5 are held in bf16 (`precision`,
+    sevila.loading.assemble; on a CPU nothing changes)."""
+    modules = []
     if LocalizerId(localizer) is not LocalizerId.BACKBONE:
-        reports.append(load_sevila(localizer_dir(cfg, localizer, round_), model)[1])
+        modules.append(localizer_dir(cfg, localizer, round_))
     if AnswererId(answerer).finetuned:
-        reports.append(load_sevila(answerer_dir(cfg, answerer, round_), model)[1])
+        modules.append(answerer_dir(cfg, answerer, round_))
+    model, reports = assemble(cfg.model.weights, cfg.model.backbone, modules, device=device_of(cfg),
+                              precision=precision)
     for rep in reports:
         log.info("%s", rep.summary())
-    model.set_trainable(localizer=False, answerer=False)
-    return model.to(device_of(cfg)).eval()
+    return model
+
+
+def feature_cache(cfg: Config, model) -> FeatureCache:
+    """The ViT feature cache `frames.cache` bounded by `frames.cache_budget_gb`, or none (`frames.cache: null`)."""
+    budget = cfg.frames.cache_budget_gb
+    return FeatureCache(cfg.frames.cache, model, budget_bytes=None if budget is None else int(budget * 1e9))
 
 
 def records_file(cfg: Config, stem: str) -> Path:
@@ -87,7 +97,7 @@ def clip_features(cfg: Config, model, records: Sequence[Record], n_frames: int |
                   skip_log: SkipLog | None = None):
     """Cached ViT features per clip (one decode and one ViT pass per video and window, shared by every question,
     module, variant and round). Bad videos follow `frames.bad_video`: fail, or skip and write them down."""
-    cache = FeatureCache(cfg.frames.cache, model)
+    cache = feature_cache(cfg, model)
     policy = BadVideoPolicy(cfg.frames.bad_video.value)
     videos = Path(cfg.paths.world) / "videos"
     n_frames = cfg.frames.n_frames if n_frames is None else n_frames  # 0 is an error downstream, never "default"

@@ -77,11 +77,18 @@ class ModelConfig:
 class FramesConfig:
     n_frames: int = 32  # uniformly sampled candidate frames per clip (the cached ViT features)
     n_keyframes: int = 4
-    cache: str = "data/features"
+    cache: str | None = "data/features"  # folder of the ViT feature cache; null: no cache (computed when needed)
+    cache_budget_gb: float | None = None  # at most this many GB (1e9 bytes) of cached features; null: unlimited
     bad_video: BadVideoPolicyName = BadVideoPolicyName.FAIL
 
     def __post_init__(self) -> None:
         check_frames(self.n_frames, self.n_keyframes)
+        if self.cache_budget_gb is not None:
+            if not self.cache_budget_gb > 0:
+                raise InvalidSetting("cache_budget_gb", self.cache_budget_gb, "must be > 0 or null (unlimited)")
+            if self.cache is None:
+                raise InvalidSetting("cache_budget_gb", self.cache_budget_gb,
+                                     "is a budget for the feature cache, but frames.cache is null (no cache)")
 
 
 @dataclass(frozen=True)

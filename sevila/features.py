@@ -14,6 +14,16 @@ or when asked), the sampled frame indices and timestamps, and the facts of the s
 The key hashes: the video file's identity (resolved path + size + mtime_ns, or a content hash of its first and last
 MiB + size, which survives copying a dataset elsewhere), n_frames, the clip window, the image size, the storage
 dtype and a fingerprint of the vision weights and config (a hash of every tensor of the ViT's state dict).
+
+Disk at real size: an entry is n_frames x 257 tokens x 1408 (ViT-g/14 at 224 px) x 2 bytes, 23.2 MB at 32 frames,
+so a whole benchmark's cache runs to 100+ GB (`entry_bytes`; README "Disk and GPU memory"). Two answers:
+- a budget (`budget_bytes`): after every write the least recently USED entries are deleted until the cache fits.
+  Last use is recorded as the entry's mtime (set on write and on every hit; atime is unreliable on relatime/noatime
+  mounts). Only finished entries (`<key>.safetensors`) are counted or deleted, never the temp file of a write in
+  progress, and never the entry this process just wrote; several processes may share one cache: an entry deleted
+  under a reader is a miss there (recomputed), and an entry used again since the scan (newer mtime) is kept.
+- no cache at all (`root=None`): every clip is decoded and encoded on every request, rounded to the storage dtype
+  exactly as a write would, so the chain's numbers do not depend on whether or where features are cached.
 """
 from __future__ import annotations
 
@@ -22,6 +32,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, NamedTuple, Sequence, TypeVar
@@ -42,6 +54,8 @@ log = logging.getLogger(__name__)
 FEATURE_FORMAT = "sevila.features/1"  # bump when what `encode_frames` returns changes meaning (e.g. pre-LN)
 _CONTENT_CHUNK = 1 << 20  # 1 MiB from each end of the file for the content identity
 _FP16_MAX = float(torch.finfo(torch.float16).max)
+_ENTRY_SUFFIX = ".safetensors"  # finished entries only: atomic_path's temp files are `.<name>.<random>.tmp`
+_GB = 1e9
 
 
 class VideoIdentity(str, enum.Enum):
@@ -126,32 +140,65 @@ def cache_key(identity: dict[str, Any], n_frames: int, start: float | None, end:
     return key, fields
 
 
+def entry_bytes(n_frames: int, n_tokens: int, width: int, store_dtype: StoreDtype = StoreDtype.FP16) -> int:
+    """Bytes of the features of one cached clip: n_frames x n_tokens x width x bytes per value (both storage dtypes
+    take 2). The file adds its header, indices and timestamps (about 1 kB + 16 bytes per frame)."""
+    return int(n_frames) * int(n_tokens) * int(width) * _itemsize(StoreDtype(store_dtype))
+
+
+def _itemsize(store_dtype: StoreDtype) -> int:
+    return torch.finfo(torch.float16 if store_dtype is StoreDtype.FP16 else torch.bfloat16).bits // 8
+
+
+def _now_ns() -> int:
+    """The clock of last use (module-level so that a test can step it: file mtimes can tie within a tick)."""
+    return time.time_ns()
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    entries: int
+    bytes: int
+
+    def __str__(self) -> str:
+        return f"{self.entries} entries, {self.bytes / _GB:.3f} GB"
+
+
 # ------------------------------------------------------------------------------------------------- cache
 
 
 class FeatureCache:
-    """On-disk cache of pre-LN ViT features per (video, n_frames, window).
+    """On-disk cache of pre-LN ViT features per (video, n_frames, window), or no cache at all (`root=None`).
 
     `get(video, n, start, end)` -> (features [n, P, Dv] float32 on CPU, FrameMeta). A miss decodes the clip (or uses
     a FrameSample the caller already decoded), runs the ViT in chunks of `chunk_size` frames, and stores the result.
-    The vision fingerprint is computed once, at construction: if the ViT's weights are changed in place afterwards,
-    call `refresh_fingerprint()` (the ViT is frozen in SeViLA, so this does not happen in the pipeline).
-    Counters: `hits`, `misses`, `frames_encoded`.
+    `budget_bytes` (None: unlimited) bounds the cache's size by deleting least recently used entries after each
+    write (module docstring). The vision fingerprint is computed once, at construction (not at all without a root):
+    if the ViT's weights are changed in place afterwards, call `refresh_fingerprint()` (the ViT is frozen in SeViLA,
+    so this does not happen in the pipeline). Counters: `hits`, `misses`, `frames_encoded`, `evicted`.
     """
 
-    def __init__(self, root: str | Path, model, *, store_dtype: StoreDtype = StoreDtype.FP16, chunk_size: int = 32,
-                 identity: VideoIdentity = VideoIdentity.STAT, backend: Backend = Backend.AUTO,
-                 fingerprint: str | None = None) -> None:
+    def __init__(self, root: str | Path | None, model, *, store_dtype: StoreDtype = StoreDtype.FP16,
+                 chunk_size: int = 32, identity: VideoIdentity = VideoIdentity.STAT, backend: Backend = Backend.AUTO,
+                 fingerprint: str | None = None, budget_bytes: int | None = None) -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-        self.root = Path(root)
+        if budget_bytes is not None and (root is None or budget_bytes <= 0):
+            raise ValueError(f"budget_bytes={budget_bytes} needs a cache folder and a size > 0")
+        self.root = Path(root) if root is not None else None
         self.model = model
         self.store_dtype = StoreDtype(store_dtype)
         self.chunk_size = int(chunk_size)
         self.identity = VideoIdentity(identity)
         self.backend = Backend(backend)
-        self.fingerprint = fingerprint or vision_fingerprint(model)
-        self.hits = self.misses = self.frames_encoded = 0
+        self.budget_bytes = budget_bytes
+        self.fingerprint = fingerprint or (vision_fingerprint(model) if self.root is not None else None)
+        self.hits = self.misses = self.frames_encoded = self.evicted = 0
+        if self.root is not None:
+            budget = "unlimited" if budget_bytes is None else f"{budget_bytes / _GB:.3f} GB"
+            log.info("feature cache %s: %s (budget %s)", self.root, self.usage(), budget)
+        else:
+            log.info("feature cache off: every clip's ViT features are computed when asked for")
 
     def refresh_fingerprint(self) -> str:
         self.fingerprint = vision_fingerprint(self.model)
@@ -166,10 +213,12 @@ class FeatureCache:
         if n_frames < 1:
             raise ValueError(f"n_frames must be >= 1, got {n_frames}")
         return cache_key(video_identity(video, self.identity), n_frames, start, end, self.model.config.image_size,
-                         self.fingerprint, self.store_dtype)
+                         self.fingerprint or vision_fingerprint(self.model), self.store_dtype)
 
     def path_for(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.safetensors"
+        if self.root is None:
+            raise ValueError("the feature cache is off (no folder): no entry has a path")
+        return self.root / key[:2] / f"{key}{_ENTRY_SUFFIX}"
 
     # ---- the one public operation
 
@@ -180,47 +229,118 @@ class FeatureCache:
         `sample` (optional) is the same clip already decoded by the caller with `read_frames(video, n_frames,
         start, end, size=image_size)`; on a miss it is encoded instead of decoding the video again."""
         video = Path(video)
-        key, fields = self._key(video, n_frames, start, end)
-        path = self.path_for(key)
-        if path.is_file():
-            got = self._read(path, fields)
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        path = fields = None
+        if self.root is not None:
+            key, fields = self._key(video, n_frames, start, end)
+            path = self.path_for(key)
+            got = self._read(path, fields) if path.is_file() else None
             if got is not None:
                 self.hits += 1
+                _touch(path)  # the record of last use that eviction orders by
                 return got
         self.misses += 1
         if sample is None:
             sample = read_frames(video, n_frames, start, end, size=self.model.config.image_size, backend=self.backend)
         elif sample.pixels.shape[0] != n_frames:
             raise ValueError(f"{video}: the given sample has {sample.pixels.shape[0]} frames, not {n_frames}")
-        features = self.encode(sample.pixels)  # [n, P, Dv] float32
         meta = FrameMeta.from_sample(sample)
-        stored = self._write(path, features, meta, fields, video)
+        stored = self._stored(self.encode(sample.pixels), video)  # [n, P, Dv] float32 -> the storage dtype
+        if path is not None:
+            self._write(path, stored, meta, fields, video)
+            self._evict(keep=path)
         # Return what a later hit will return (the stored precision), so a run never depends on whether the
-        # features came from the cache or were just computed.
+        # features came from the cache, were just computed, or are never cached.
         return stored.float(), meta
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [n, 3, H, W] -> pre-LN ViT features [n, P, Dv] float32 on CPU, `chunk_size` frames per pass."""
-        device = next(self.model.vision.parameters()).device
+        weight = next(self.model.vision.parameters())  # the ViT may be held in bf16 on a GPU (sevila.precision)
         out = []
         with torch.no_grad():
             for i in range(0, pixels.shape[0], self.chunk_size):
-                chunk = pixels[i:i + self.chunk_size].to(device)
+                chunk = pixels[i:i + self.chunk_size].to(weight.device, weight.dtype)
                 out.append(self.model.encode_frames(chunk).float().cpu())  # [c, P, Dv]
                 self.frames_encoded += chunk.shape[0]
         return torch.cat(out, dim=0)
 
+    # ---- size and eviction
+
+    def entries(self) -> list[tuple[Path, int, int]]:
+        """Every finished entry as (path, size in bytes, last use in ns), oldest use first. Files that vanish
+        while listed (another process evicting) are left out."""
+        found = []
+        if self.root is None or not self.root.is_dir():
+            return found
+        for sub in os.scandir(self.root):
+            if not sub.is_dir(follow_symlinks=False):
+                continue
+            for e in os.scandir(sub.path):
+                if e.name.startswith(".") or not e.name.endswith(_ENTRY_SUFFIX):
+                    continue  # a temp file of a write in progress (atomic_path) is never counted or deleted
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                found.append((Path(e.path), st.st_size, st.st_mtime_ns))
+        return sorted(found, key=lambda x: (x[2], x[0].name))
+
+    def usage(self) -> CacheUsage:
+        listed = self.entries()
+        return CacheUsage(len(listed), sum(size for _, size, _ in listed))
+
+    def _evict(self, keep: Path) -> None:
+        """Delete least recently used entries until the cache fits `budget_bytes`; `keep` (just written) stays."""
+        if self.budget_bytes is None:
+            return
+        listed = self.entries()
+        total = sum(size for _, size, _ in listed)
+        kept = next((size for path, size, _ in listed if path == keep), 0)
+        gone: list[tuple[Path, int, str]] = []
+        for path, size, used in listed:
+            if total <= self.budget_bytes:
+                break
+            if path == keep:
+                continue
+            try:
+                if os.stat(path).st_mtime_ns != used:
+                    continue  # used again since the scan (by another process): no longer the least recent
+                video = _entry_video(path)
+                path.unlink()
+            except FileNotFoundError:  # another process evicted it first: it no longer counts either way
+                total -= size
+                continue
+            total -= size
+            gone.append((path, size, video))
+            log.debug("feature cache: evicted %s (video %s)", path.name, video)
+        if gone:
+            self.evicted += len(gone)
+            names = ", ".join(f"{p.stem[:12]} ({video})" for p, _, video in gone[:3])
+            more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
+            log.info("feature cache %s: evicted %d least recently used entr%s (%.3f GB: %s%s); now %s of the %.3f GB "
+                     "budget", self.root, len(gone), "y" if len(gone) == 1 else "ies",
+                     sum(s for _, s, _ in gone) / _GB, names, more, CacheUsage(len(listed) - len(gone), total),
+                     self.budget_bytes / _GB)
+        if total > self.budget_bytes:
+            log.warning("feature cache %s: %.3f GB after eviction, over the %.3f GB budget (the entry in use is "
+                        "never deleted; set frames.cache_budget_gb above one clip's %.3f GB)", self.root,
+                        total / _GB, self.budget_bytes / _GB, kept / _GB)
+
     # ---- file format
 
-    def _write(self, path: Path, features: torch.Tensor, meta: FrameMeta, fields: dict[str, Any], video: Path
-               ) -> torch.Tensor:
-        """Store one entry atomically; returns the features as stored (fp16 or bf16)."""
+    def _stored(self, features: torch.Tensor, video: Path) -> torch.Tensor:
+        """Features in the storage dtype (fp16, or bf16 when they exceed fp16's range or when asked)."""
         dtype = torch.float16 if self.store_dtype is StoreDtype.FP16 else torch.bfloat16
         if dtype is torch.float16 and features.abs().max().item() > _FP16_MAX:
             log.warning("%s: ViT features exceed the float16 range; this entry is stored as bfloat16", video)
             dtype = torch.bfloat16
+        return features.to(dtype).contiguous()
+
+    def _write(self, path: Path, stored: torch.Tensor, meta: FrameMeta, fields: dict[str, Any], video: Path) -> None:
+        """Store one entry atomically, its last use = now."""
         tensors = {
-            "features": features.to(dtype).contiguous(),  # [n, P, Dv]
+            "features": stored,  # [n, P, Dv] fp16 or bf16
             "indices": torch.as_tensor(meta.indices, dtype=torch.int64),  # [n]
             "timestamps": torch.as_tensor(meta.timestamps, dtype=torch.float64),  # [n]
         }
@@ -229,10 +349,10 @@ class FeatureCache:
                   "window_fallback": str(int(meta.window_fallback))}
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata=header)
-        return tensors["features"]
+            _touch(tmp)
 
     def _read(self, path: Path, fields: dict[str, Any]) -> tuple[torch.Tensor, FrameMeta] | None:
-        """A cached entry, or None (logged) when the file is unreadable or not the entry the key promises."""
+        """A cached entry, or None (logged) when the file is gone, unreadable or not the entry the key promises."""
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 header = dict(f.metadata() or {})
@@ -246,10 +366,32 @@ class FeatureCache:
                 raise ValueError(f"shape {tuple(features.shape)}, expected {(n, p, dv)}")
             meta = FrameMeta(indices.astype(np.int64), timestamps.astype(np.float64), float(header["fps"]),
                              int(header["n_video_frames"]), bool(int(header["window_fallback"])))
+        except FileNotFoundError:  # evicted by another process between is_file() and the read: a plain miss
+            return None
         except Exception as e:  # a truncated or foreign file is a miss, then overwritten
             log.warning("feature cache entry %s is unusable (%s); recomputing it", path, e)
             return None
         return features.float(), meta
+
+
+def _touch(path: Path) -> None:
+    """Record a use of a cache entry (its mtime); an entry evicted meanwhile by another process is no error."""
+    now = _now_ns()
+    try:
+        os.utime(path, ns=(now, now))
+    except FileNotFoundError:
+        pass
+
+
+def _entry_video(path: Path) -> str:
+    """The video an entry was computed from (its header), for the eviction log; FileNotFoundError if it is gone."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}).get("video", "?")
+    except FileNotFoundError:
+        raise
+    except Exception:  # a damaged entry is evicted like any other
+        return "?"
 
 
 # -------------------------------------------------------------------------------------- grouping by clip
@@ -326,9 +468,9 @@ def clip_features(model, video: str | Path, n_frames: int, start: float | None =
         return cache.get(video, n_frames, start, end, sample=sample)
     if sample is None:
         sample = read_frames(video, n_frames, start, end, size=model.config.image_size)
+    weight = next(model.vision.parameters())  # the ViT may be held in bf16 on a GPU (sevila.precision)
     with torch.no_grad():
-        device = next(model.vision.parameters()).device
-        features = model.encode_frames(sample.pixels.to(device)).float().cpu()
+        features = model.encode_frames(sample.pixels.to(weight.device, weight.dtype)).float().cpu()
     return features, FrameMeta.from_sample(sample)
 
 

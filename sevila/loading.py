@@ -4,15 +4,19 @@ directories (sevila.weights_hf), official SeViLA / LAVIS .pth files (sevila.weig
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
+import torch
 from torch import nn
 
 from sevila.checkpoint_io import TOKENIZER_DIR, WEIGHTS_FILE, CheckpointError, CheckpointKind, WeightsReport, read_header
 from sevila.checkpoints import checkpoint_tokenizer, load_sevila
 from sevila.model import SeViLAConfig
+from sevila.settings import Precision
+from sevila.train import hold_frozen, use_bf16
 from sevila.weights import empty_model
 from sevila.weights_hf import (
-    Numerics, attach_dir_tokenizer, build_from_blip2_dir, config_from_blip2, load_blip2_weights, read_blip2_config,
+    Numerics, blip2_dir_tokenizer, build_from_blip2_dir, config_from_blip2, load_blip2_weights, read_blip2_config,
 )
 from sevila.weights_lavis import LavisLayout, load_lavis_checkpoint
 
@@ -60,7 +64,7 @@ def load_for_inference(weights: str | Path, backbone: str | Path | None = None, 
                 config = SeViLAConfig.from_dict(header.model_config)
             else:  # a training checkpoint: the backbone directory gives the sizes
                 config = config_from_blip2(read_blip2_config(backbone), numerics)
-            model, rep = with_backbone(config, checkpoint_tokenizer(header), backbone)
+            model, rep = with_backbone(config, checkpoint_tokenizer(header), backbone, weights)
             reports += [rep, load_sevila(weights, model)[1]]
     else:
         if backbone is None:
@@ -69,17 +73,44 @@ def load_for_inference(weights: str | Path, backbone: str | Path | None = None, 
         model, rep = build_from_blip2_dir(backbone, numerics=numerics)
         reports += [rep, load_lavis_checkpoint(model, weights, layout)]
     if getattr(model, "tokenizer", None) is None:
-        raise CheckpointError(f"{weights}: no tokenizer found (expected {TOKENIZER_DIR}/ beside our checkpoint, or "
-                              "tokenizer files in the BLIP-2 directory)")
+        raise CheckpointError(f"{weights}: no tokenizer found (expected {TOKENIZER_DIR}/ beside our checkpoint)")
     return model, reports
 
 
-def with_backbone(config, tokenizer, backbone: str | Path) -> tuple[nn.Module, WeightsReport]:
-    """A model of `config` whose every part is first loaded from the BLIP-2 directory `backbone`."""
+def assemble(weights: str | Path, backbone: str | Path | None = None, modules: Sequence[str | Path] = (), *,
+             layout: LavisLayout = LavisLayout.SEVILA, device: str | torch.device | None = None,
+             precision: Precision = Precision.AUTO) -> tuple[nn.Module, list[WeightsReport]]:
+    """The model SeViLA runs with, assembled one way for every stage (sevila.chain.load_model) and for
+    `sevila answer` (sevila.predict.load_chain); a report per load, in load order.
+
+    The base: `weights` as `load_for_inference` reads it (our checkpoint, a BLIP-2 directory, or a .pth with
+    `backbone` = the BLIP-2 directory), or, when `backbone` is OUR complete checkpoint (models/backbone), that
+    checkpoint with `weights` (our checkpoint or an official .pth) laid over it. Then each module checkpoint of
+    `modules` (models/localizer/<id>, models/answerer/<id>) in order. Frozen, in eval mode, on `device` (default:
+    cuda when available), the frozen ViT and T5 held in bf16 where `precision` computes in bf16 (`hold_frozen`)."""
+    if backbone is not None and detect_kind(backbone) is CheckpointKind.SEVILA:
+        kind = detect_kind(weights)
+        if kind is CheckpointKind.HF_BLIP2:
+            raise CheckpointError(f"{weights}: a complete BLIP-2 directory is a backbone, not weights to lay over "
+                                  f"{backbone}; give one of them as the backbone")
+        model, reports = load_for_inference(backbone)
+        reports.append(load_sevila(weights, model)[1] if kind is CheckpointKind.SEVILA
+                       else load_lavis_checkpoint(model, weights, layout))
+    else:
+        model, reports = load_for_inference(weights, backbone, layout=layout)
+    for path in modules:
+        reports.append(load_sevila(path, model)[1])
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    hold_frozen(model, use_bf16(Precision(precision), device))
+    return model.to(device).eval(), reports
+
+
+def with_backbone(config, tokenizer, backbone: str | Path, weights: str | Path) -> tuple[nn.Module, WeightsReport]:
+    """A model of `config` whose every part is first loaded from the BLIP-2 directory `backbone`; the tokenizer is
+    `tokenizer` (the one saved with `weights`) or else the directory's, looked up before any weight is read."""
+    if tokenizer is None:
+        tokenizer = blip2_dir_tokenizer(backbone, also_looked=f", and {weights} has no {TOKENIZER_DIR}/ beside it")
     model = empty_model(config, tokenizer)
-    report = load_blip2_weights(model, backbone)
-    if model.tokenizer is None:
-        attach_dir_tokenizer(model, Path(backbone))
-    return model, report
+    return model, load_blip2_weights(model, backbone)
 
 

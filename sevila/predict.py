@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import torch
 
 from sevila import prompts
-from sevila.checkpoints import CheckpointKind, WeightsReport, load_sevila, read_header
-from sevila.loading import LavisLayout, detect_kind, load_for_inference, load_lavis_checkpoint
+from sevila.checkpoints import CheckpointKind, WeightsReport, read_header
+from sevila.loading import LavisLayout, assemble, detect_kind
 from sevila.data.video import FrameSample
 from sevila.errors import BadArgument
 from sevila.features import FeatureCache, clip_features
@@ -80,33 +80,19 @@ def load_chain(backbone: str | Path | None = None, localizer: str | Path | None 
                answerer: str | Path | None = None, *, weights: str | Path | None = None,
                layout: LavisLayout = LavisLayout.SEVILA, device: str | torch.device | None = None
                ) -> tuple[torch.nn.Module, list[WeightsReport]]:
-    """The model SeViLA answers with, frozen and in eval mode on `device` (default: cuda when available), and a
-    report per load in load order. `backbone` or `weights` must be given; without `localizer`/`answerer` the
-    backbone's own Q-Former fills that slot (the zero-shot modules of the pipeline's `none`/`zero_shot`)."""
+    """The model SeViLA answers with, assembled as the pipeline's stages assemble it (`sevila.loading.assemble`):
+    frozen and in eval mode on `device` (default: cuda when available), and a report per load in load order.
+    `backbone` or `weights` must be given; without `localizer`/`answerer` the backbone's own Q-Former fills that
+    slot (the zero-shot modules of the pipeline's `none`/`zero_shot`)."""
     if backbone is None and weights is None:
         raise BadArgument("give the backbone (a BLIP-2 directory or our checkpoint, e.g. models/backbone)")
     for path, module in ((localizer, "localizer"), (answerer, "answerer")):
         if path is not None:
             check_module_dir(path, module)
-    if backbone is not None and detect_kind(backbone) is CheckpointKind.SEVILA:
-        # our complete checkpoint is the base; `weights` (if any) is laid over it like a module
-        if weights is not None and detect_kind(weights) is CheckpointKind.HF_BLIP2:
-            raise BadArgument(f"{weights}: a complete BLIP-2 directory is a backbone, not weights to lay over "
-                              f"{backbone}; give one of them as --backbone")
-        model, reports = load_for_inference(backbone)
-        if weights is not None:
-            reports.append(load_sevila(weights, model)[1] if detect_kind(weights) is CheckpointKind.SEVILA
-                           else load_lavis_checkpoint(model, weights, layout))
-    elif weights is not None:
-        model, reports = load_for_inference(weights, backbone, layout=layout)
-    else:
-        model, reports = load_for_inference(backbone, layout=layout)
-    for path in (localizer, answerer):
-        if path is not None:
-            reports.append(load_sevila(path, model)[1])
-    model.set_trainable(localizer=False, answerer=False)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(device).eval(), reports
+    modules = [path for path in (localizer, answerer) if path is not None]
+    if weights is None:  # the backbone alone is the base
+        return assemble(backbone, None, modules, layout=layout, device=device)
+    return assemble(weights, backbone, modules, layout=layout, device=device)
 
 
 def predict_with(model, video: str | Path, question: str | None, options: Sequence[str], *, n_frames: int = 32,

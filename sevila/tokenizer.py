@@ -24,6 +24,8 @@ from sevila import prompts
 #: Words the model reads scores off: each must be ONE sentencepiece piece `▁word` (DESIGN.md §2, Scores).
 REQUIRED_SINGLE_TOKENS: tuple[str, ...] = (prompts.YES, prompts.NO, "Option", "Frame", *prompts.OPTION_LETTERS)
 
+#: The files a T5 tokenizer's vocabulary is read from (fast or sentencepiece); tokenizer_config.json alone is not one.
+VOCABULARY_FILES = ("tokenizer.json", "spiece.model")
 _SPACE = "\u2581"  # sentencepiece's word-start marker
 _TEMPLATE_REPEATS = 50
 _WORD = re.compile(r"[A-Za-z0-9]+")  # a whole word, punctuation excluded
@@ -38,8 +40,10 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"tokenizer directory {path} does not exist")
-    if not any((path / name).exists() for name in ("tokenizer.json", "spiece.model", "tokenizer_config.json")):
-        raise FileNotFoundError(f"{path} holds no tokenizer (no tokenizer.json, spiece.model or tokenizer_config.json)")
+    if not any((path / name).is_file() for name in VOCABULARY_FILES):
+        raise FileNotFoundError(
+            f"{path} holds no tokenizer: a T5 tokenizer needs {' or '.join(VOCABULARY_FILES)} (its vocabulary), "
+            f"found neither (save one there with tokenizer.save_pretrained({str(path)!r}))")
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     if tok.pad_token_id is None or tok.eos_token_id is None:
         raise ValueError(f"tokenizer in {path} lacks a pad or eos token; a T5 tokenizer has both")

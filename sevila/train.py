@@ -159,12 +159,28 @@ def epoch_batches(n_examples: int, epoch: int, seed: int, batch_size: int, micro
     return out
 
 
-def use_bf16(precision: Precision, device: torch.device) -> bool:
+def use_bf16(precision: Precision, device: torch.device, bf16_supported: bool | None = None) -> bool:
+    """Whether `precision` computes in bf16 on `device`. `bf16_supported` says whether a CUDA device has bf16
+    (None: ask torch.cuda), so the policy is a pure function of its arguments when it is given."""
     if precision is Precision.FP32:
         return False
     if precision is Precision.BF16:
         return True
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if torch.device(device).type != "cuda":
+        return False
+    return torch.cuda.is_bf16_supported() if bf16_supported is None else bool(bf16_supported)
+
+
+def hold_frozen(model: nn.Module, bf16: bool) -> nn.Module:
+    """The precision SeViLA runs in (paper §3.1: ViT and Flan-T5 frozen, only the Q-Former bridges train): with
+    bf16 the frozen ViT and T5 are HELD in bf16 (they never train, so no fp32 master copy is needed: half the
+    memory of 4B parameters), while the bridges stay fp32 (they train; `train` runs their matmuls under bf16
+    autocast). Every part is frozen and the model in eval mode until a stage switches one module on."""
+    if bf16:
+        model.vision.to(torch.bfloat16)
+        model.t5.to(torch.bfloat16)
+    model.set_trainable(localizer=False, answerer=False)
+    return model.eval()
 
 
 # ------------------------------------------------------------------------------------------ RNG snapshots

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import enum
 import json
-import logging
 import re
 from pathlib import Path
 from typing import Callable, Iterable
@@ -20,8 +19,6 @@ from sevila.checkpoint_io import CheckpointError, CheckpointKind, WeightsReport
 from sevila.model import SeViLAConfig
 from sevila.tokenizer import load_tokenizer
 from sevila.weights import Entry, KeyPlan, TensorSource, apply_plan, empty_model
-
-log = logging.getLogger(__name__)
 
 
 class Numerics(str, enum.Enum):
@@ -161,22 +158,25 @@ def load_blip2_weights(model: nn.Module, hf_dir: str | Path, *, strict: bool = T
 def build_from_blip2_dir(hf_dir: str | Path, *, numerics: Numerics = Numerics.LAVIS, max_text_len: int = 77,
                          with_tokenizer: bool = True) -> tuple[nn.Module, WeightsReport]:
     """A SeViLA whose every part comes from a local BLIP-2 Flan-T5 directory (nothing downloaded), with the
-    directory's tokenizer attached. Both modules start as BLIP-2 (paper §3.1: the Localizer and the Answerer are
-    both initialised from BLIP-2)."""
+    directory's tokenizer attached (`with_tokenizer`: then a directory without one is refused BEFORE any weight is
+    read: a 4B-parameter load takes minutes). Both modules start as BLIP-2 (paper §3.1: the Localizer and the
+    Answerer are both initialised from BLIP-2)."""
     hf_dir = Path(hf_dir)
     config = config_from_blip2(read_blip2_config(hf_dir), numerics, max_text_len)
-    model = empty_model(config)
-    if with_tokenizer:
-        attach_dir_tokenizer(model, hf_dir)
+    tokenizer = blip2_dir_tokenizer(hf_dir) if with_tokenizer else None
+    model = empty_model(config, tokenizer)
     report = load_blip2_weights(model, hf_dir, strict=True)
     return model, report
 
 
-def attach_dir_tokenizer(model, hf_dir: Path) -> None:
+def blip2_dir_tokenizer(hf_dir: str | Path, also_looked: str = ""):
+    """The T5 tokenizer saved in a BLIP-2 directory; a CheckpointError naming the directory and what is missing
+    when there is none (`also_looked`: where else one was looked for, for the message)."""
+    hf_dir = Path(hf_dir)
     try:
-        tok = load_tokenizer(hf_dir)
-    except FileNotFoundError:
-        log.warning("%s holds no tokenizer; attach one before answering questions", hf_dir)
-        return
-    model.attach_tokenizer(tok)
-
+        return load_tokenizer(hf_dir)
+    except (OSError, ValueError) as e:  # FileNotFoundError included; a damaged vocabulary file raises either
+        raise CheckpointError(
+            f"{hf_dir}: this BLIP-2 directory has no usable tokenizer{also_looked} ({e}). Save the Flan-T5 "
+            "tokenizer into it: AutoTokenizer.from_pretrained(<a local copy of google/flan-t5-xl or "
+            "Salesforce/blip2-flan-t5-xl>).save_pretrained(DIR)") from None
