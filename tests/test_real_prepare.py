@@ -281,3 +281,32 @@ def test_official_layout_copies_stay_independent_of_the_pipeline(tmp_path, reald
     for split in FILES["how2qa"]:
         assert (Path(other.paths.processed) / f"{split}.jsonl").read_bytes() == (
             Path(cfg.paths.processed) / f"{split}.jsonl").read_bytes()
+
+
+def test_the_chain_reads_each_records_videos_from_their_benchmarks_folder(tmp_path, realdata, template_mp4):
+    """chain.clip_features on prepared STAR questions and QVHighlights moments: each clip decoded from its own
+    benchmark's folder (STAR's window kept), never from the synthetic world's."""
+    import torch
+
+    from sevila.chain import clip_features, read_split
+    from sevila.data.video import SkipLog
+    from sevila.model import SeViLA, sevila_tiny
+    from sevila.tokenizer import build_tiny_tokenizer
+
+    cfg = benchmark_project(tmp_path, realdata, "star", template_mp4,
+                            **{"frames.cache": str(tmp_path / "features"), "frames.n_frames": 4,
+                               "frames.n_keyframes": 2, "frames.bad_video": "skip"})
+    prepare.run(cfg)
+    tok = build_tiny_tokenizer(["a video question"], tmp_path / "tok", vocab_size=64)
+    torch.manual_seed(0)
+    model = SeViLA(sevila_tiny(len(tok)), tok).eval()
+    clips = clip_features(cfg, model, read_split(cfg, "val"))
+    assert [(c.clip.video, c.clip.start, c.clip.end) for c in clips] == [("6H78U", 11.1, 19.6)]
+    # 10 s at 2 fps: the window [11.1, 19.6] lies past the end, so the whole video is sampled and that is said
+    assert clips[0].meta.window_fallback and clips[0].features.shape[0] == 4
+    moments = clip_features(cfg, model, read_split(cfg, "train", moments=True))
+    assert len(moments) == 30 and not any(c.meta.window_fallback for c in moments)
+    (tmp_path / "qvh" / "j7rJstUseKg_360.0_510.0.mp4").unlink()  # gone after prepare: frames.bad_video applies
+    skipped = SkipLog()
+    assert len(clip_features(cfg, model, read_split(cfg, "train", moments=True), skip_log=skipped)) == 29
+    assert [e["video"] for e in skipped.entries] == ["j7rJstUseKg_360.0_510.0"]
