@@ -33,7 +33,8 @@ def _params(tmp_path: Path, text: str = "") -> Path:
     (["datasets.tvqa.annotations.dev=x"], "datasets.tvqa.annotations: unknown setting(s) ['dev']"),
     (["datasets.vlep.paper.finetune_answerer={lr: 1.0e-5}"],
      "datasets.vlep.paper.finetune_answerer.epochs: None must be set"),
-    (["datasets.how2qa.paper.n_keyframes=40"], "datasets.how2qa.paper.n_keyframes: 40 must be between 1 and n_frames=32"),
+    (["datasets.how2qa.paper.n_keyframes=40"],
+     "datasets.how2qa.paper.n_keyframes: 40 must be between 1 and n_frames=32"),
     (["datasets.nextqa.paper.refine_localizer.lr=fast"],
      "datasets.nextqa.paper.refine_localizer.lr: expected a number, got 'fast'"),
 ])

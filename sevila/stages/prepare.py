@@ -43,16 +43,16 @@ def with_evidence(records: list[QARecord], spans: dict[str, tuple[float, float]]
     return out
 
 
-#: What `paths.world` holds when a real benchmark runs: DVC tracks that folder as prepare's output whatever the
-#: dataset (dvc.yaml cannot branch on it), so it names why it holds no world rather than keeping a stale one.
+#: What a real benchmark run writes into `paths.world`: DVC tracks that folder as prepare's output whatever the
+#: dataset (dvc.yaml cannot branch on it) and empties it before the stage runs, so the note says why no world is there.
 NO_WORLD = "no_world.json"
+NO_WORLD_WHY = "a real benchmark runs: nothing is generated (README, Real benchmarks)"
 
 
 def run(cfg: Config) -> dict:
     if cfg.dataset.real:
         summary = prepare_benchmark(cfg)
-        atomic_write_json(Path(cfg.paths.world) / NO_WORLD, {
-            "dataset": cfg.dataset.value, "why": "a real benchmark runs: nothing is generated (README, Real benchmarks)"})
+        atomic_write_json(Path(cfg.paths.world) / NO_WORLD, {"dataset": cfg.dataset.value, "why": NO_WORLD_WHY})
         return summary
     world, processed = Path(cfg.paths.world), Path(cfg.paths.processed)
     w = cfg.world
