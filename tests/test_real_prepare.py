@@ -1,7 +1,9 @@
 """`prepare` and `validate` on the real benchmarks (issue 9): the official annotation excerpts of ../shared/realdata
 read through the readers, with tiny generated .mp4 files laid out in each benchmark's official layout under the
 real video ids. Pins the records per split, each video's path, window and duration, the errors (a missing video, an
-annotation naming no video file, an id escaping the folder) and that nothing already written is lost."""
+annotation naming no video file, an id escaping the folder) and that nothing already written is lost; then the
+chain on that path, every stage from prepare to report on NExT-QA with our tiny random backbone (the rehearsal runs
+the same with a BLIP-2 directory)."""
 from __future__ import annotations
 
 import csv
@@ -11,14 +13,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
+from sevila.chain import clip_features, read_split
 from sevila.config import load_config
 from sevila.data.annotations import AnnotationError, read_annotations
 from sevila.data.benchmarks import SKIPPED_FILE, VIDEOS_FILE, MissingVideo
 from sevila.data.records import MomentRecord, QARecord, read_records
 from sevila.data.synth_render import write_mp4
-from sevila.stages import prepare, validate
+from sevila.data.video import SkipLog
+from sevila import tracking
+from sevila.checkpoints import PARTS, save_sevila
+from sevila.model import SeViLA, sevila_tiny
+from sevila.stages import (
+    bootstrap, evaluate, finetune_answerer, prepare, pretrain_localizer, pseudo_label, refine_localizer, report,
+    validate,
+)
+from sevila.tokenizer import build_tiny_tokenizer
 
 FPS, N_FRAMES = 2, 20  # every generated video: 20 frames at 2 fps = 10 s
 DURATION = N_FRAMES / FPS
@@ -32,7 +44,7 @@ FILES = {
     "vlep": {"val": "vlep/vlep_dev_release.jsonl", "test": "vlep/vlep_test_release.jsonl"},
 }
 # QVHighlights moments for the same pipeline splits: two small excerpts, no query in two splits (validate checks it)
-QVH_FILES = {"train": "qvhighlights/highlight_train_release.jsonl", "val": "qvhighlights/highlight_test_release.jsonl",
+QVH_FILES = {"train": "qvhighlights/highlight_train_release.jsonl", "val": "qvhighlights/highlight_test_with_gt.jsonl",
              "test": "qvhighlights/highlight_train_release.jsonl"}
 # questions per excerpt file and distinct videos (SOURCES.md; counted from the files)
 COUNTS = {
@@ -286,13 +298,6 @@ def test_official_layout_copies_stay_independent_of_the_pipeline(tmp_path, reald
 def test_the_chain_reads_each_records_videos_from_their_benchmarks_folder(tmp_path, realdata, template_mp4):
     """chain.clip_features on prepared STAR questions and QVHighlights moments: each clip decoded from its own
     benchmark's folder (STAR's window kept), never from the synthetic world's."""
-    import torch
-
-    from sevila.chain import clip_features, read_split
-    from sevila.data.video import SkipLog
-    from sevila.model import SeViLA, sevila_tiny
-    from sevila.tokenizer import build_tiny_tokenizer
-
     cfg = benchmark_project(tmp_path, realdata, "star", template_mp4,
                             **{"frames.cache": str(tmp_path / "features"), "frames.n_frames": 4,
                                "frames.n_keyframes": 2, "frames.bad_video": "skip"})
@@ -310,3 +315,43 @@ def test_the_chain_reads_each_records_videos_from_their_benchmarks_folder(tmp_pa
     skipped = SkipLog()
     assert len(clip_features(cfg, model, read_split(cfg, "train", moments=True), skip_log=skipped)) == 29
     assert [e["video"] for e in skipped.entries] == ["j7rJstUseKg_360.0_510.0"]
+
+
+#: Stage training of the tiny chain (as tests/conftest.py TINY_TRAIN): one epoch of global batches of 4.
+TINY_TRAIN = {"lr": 1e-3, "epochs": 1, "batch_size": 4, "micro_batch": 4, "checkpoint_every": 2}
+CHAIN_VARIANTS = {"f8k2_qvh_sr": {"study": "components", "n_frames": 8, "n_keyframes": 2, "localizer": "qvh_sr"},
+                  "uniform_k2": {"study": "baseline", "selector": "uniform", "n_frames": 8, "n_keyframes": 2}}
+
+
+def test_every_stage_runs_on_nextqa_and_reports_its_metrics(tmp_path, realdata, template_mp4, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    weights = tmp_path / "models" / "tiny"
+    cfg = benchmark_project(
+        tmp_path, realdata, "nextqa", template_mp4,
+        **{"model.weights": str(weights), "frames": {"n_frames": 8, "n_keyframes": 2, "cache": str(tmp_path / "f")},
+           "paths.runs": str(tmp_path / "runs"), "evaluate": {"split": "val", "variants": CHAIN_VARIANTS},
+           "pretrain_localizer": {"train": TINY_TRAIN}, "refine_localizer": {"train": TINY_TRAIN},
+           "finetune_answerer": {"train": TINY_TRAIN}})
+    tok = build_tiny_tokenizer(["why did the man how does the girl what is"], tmp_path / "tok", vocab_size=128)
+    torch.manual_seed(0)
+    save_sevila(SeViLA(sevila_tiny(len(tok)), tok), weights, modules=PARTS)
+    prepare.run(cfg)
+    assert validate.run(cfg)["success"]
+    assert bootstrap.run(cfg) == {"trained": 0}
+    assert "val_mr_map" in pretrain_localizer.run(cfg)  # QVHighlights moments, from datasets.qvhighlights.videos
+    assert pseudo_label.run(cfg)
+    refine_localizer.run(cfg)
+    finetune_answerer.run(cfg)
+    metrics = evaluate.run(cfg)
+    for name in CHAIN_VARIANTS:
+        m = metrics[name]
+        assert m["count"] == 46 and m["skipped"] == 0  # every question of test.csv's 6 videos
+        assert {"Causal", "Temporal", "Descriptive"} <= set(m)
+    summary = report.run(cfg)
+    assert summary["missing"] == [] and summary["variants"] == 2
+    rows = json.loads((Path(cfg.paths.reports) / "ablations.json").read_text())
+    assert {r["dataset"] for r in rows} == {"nextqa"} and all("Causal" in r for r in rows)
+    assert "| Causal | Temporal | Descriptive |" in (Path(cfg.paths.reports) / "ablations.md").read_text()
+    runs = tracking.finished_runs("nextqa", tracking.Phase.EVALUATE)
+    assert sorted(runs["variant"]) == sorted(CHAIN_VARIANTS)
+    assert set(runs["experiment"]) == {"sevila/nextqa/evaluate"}
