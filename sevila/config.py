@@ -169,8 +169,9 @@ class SplitFiles:
     test: str | None = None
 
     def get(self, split: str) -> str | None:
-        if split not in ("train", "val", "test"):
-            raise InvalidSetting(split, split, "is not a split (train, val, test)")
+        names = [f.name for f in dataclasses.fields(self)]
+        if split not in names:
+            raise ConfigError(f"prepare.splits: {split!r} is not a split a benchmark's annotations name {names}")
         return getattr(self, split)
 
 

@@ -23,6 +23,7 @@ from sevila.data.benchmarks import SKIPPED_FILE, VIDEOS_FILE, MissingVideo
 from sevila.data.records import MomentRecord, QARecord, read_records
 from sevila.data.synth_render import write_mp4
 from sevila.data.video import SkipLog
+from sevila.errors import UserError
 from sevila import tracking
 from sevila.checkpoints import PARTS, save_sevila
 from sevila.model import SeViLA, sevila_tiny
@@ -248,8 +249,10 @@ def test_a_video_id_cannot_escape_the_video_folder(tmp_path, realdata, template_
 
 def test_an_unset_annotation_file_is_named_before_anything_is_read(tmp_path, realdata, template_mp4):
     cfg = benchmark_project(tmp_path, realdata, "how2qa", template_mp4)
-    with pytest.raises(Exception, match=r"datasets.how2qa.annotations.train is not set \(prepare.splits has 'train'\)"):
-        prepare.run(load_config(tmp_path / "params.yaml", ["prepare.splits=[train, val]"]))
+    with pytest.raises(UserError, match=r"datasets.how2qa.annotations.train is not set \(prepare.splits has 'train'\)"):
+        prepare.run(load_config(tmp_path / "params.yaml", ["prepare.splits=[val, train]"]))
+    with pytest.raises(UserError, match=r"prepare.splits: 'dev' is not a split a benchmark's annotations name"):
+        prepare.run(load_config(tmp_path / "params.yaml", ["prepare.splits=[val, dev]"]))
     assert not Path(cfg.paths.processed).exists()
 
 
