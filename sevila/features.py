@@ -295,7 +295,7 @@ class FeatureCache:
         if self.budget_bytes is None:
             return
         listed = self.entries()
-        total = sum(size for _, size, _ in listed)
+        total, count = sum(size for _, size, _ in listed), len(listed)
         kept = next((size for path, size, _ in listed if path == keep), 0)
         gone: list[tuple[Path, int, str]] = []
         for path, size, used in listed:
@@ -309,9 +309,9 @@ class FeatureCache:
                 video = _entry_video(path)
                 path.unlink()
             except FileNotFoundError:  # another process evicted it first: it no longer counts either way
-                total -= size
+                total, count = total - size, count - 1
                 continue
-            total -= size
+            total, count = total - size, count - 1
             gone.append((path, size, video))
             log.debug("feature cache: evicted %s (video %s)", path.name, video)
         if gone:
@@ -320,7 +320,7 @@ class FeatureCache:
             more = f" and {len(gone) - 3} more" if len(gone) > 3 else ""
             log.info("feature cache %s: evicted %d least recently used entr%s (%.3f GB: %s%s); now %s of the %.3f GB "
                      "budget", self.root, len(gone), "y" if len(gone) == 1 else "ies",
-                     sum(s for _, s, _ in gone) / _GB, names, more, CacheUsage(len(listed) - len(gone), total),
+                     sum(s for _, s, _ in gone) / _GB, names, more, CacheUsage(count, total),
                      self.budget_bytes / _GB)
         if total > self.budget_bytes:
             log.warning("feature cache %s: %.3f GB after eviction, over the %.3f GB budget (the entry in use is "
@@ -375,11 +375,12 @@ class FeatureCache:
 
 
 def _touch(path: Path) -> None:
-    """Record a use of a cache entry (its mtime); an entry evicted meanwhile by another process is no error."""
+    """Record a use of a cache entry (its mtime). An entry evicted meanwhile by another process, or a cache this
+    user may read but not write, is no error: the entry is then ordered by its last write only."""
     now = _now_ns()
     try:
         os.utime(path, ns=(now, now))
-    except FileNotFoundError:
+    except OSError:
         pass
 
 

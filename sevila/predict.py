@@ -6,7 +6,7 @@
                 answerer="models/answerer/finetuned_r1")
     p.answer, p.answer_text, p.keyframe_timestamps, p.frame_scores
 
-The model is assembled as the pipeline assembles it (sevila.chain.load_model): the backbone (a transformers
+The model is assembled as the pipeline's stages assemble it (sevila.loading.assemble): the backbone (a transformers
 BLIP-2 directory, or our complete checkpoint such as `models/backbone`), optionally `weights` laid over it (an
 official SeViLA/LAVIS .pth, or our bridges checkpoint), then the one-module checkpoints the chain stages write,
 `models/localizer/<id>` and `models/answerer/finetuned_r<round>`. Each module checkpoint must hold exactly the

@@ -133,6 +133,25 @@ def test_the_chain_runs_with_the_frozen_parts_in_bf16(tmp_path, model_factory):
     assert model.t5.shared.weight.dtype == torch.bfloat16 and model.t5.shared.weight.grad is None
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run it where one is lent)")
+def test_on_a_gpu_the_stages_hold_frozen_parts_in_bf16(models, tmp_path):
+    """On a GPU with bf16, what `load_model` gives the stages: ViT and T5 in bf16 on the GPU, bridges fp32, and the
+    cached features through the Localizer and Answerer give finite numbers."""
+    cfg, _, _, _ = models
+    gpu = build(Config, {"paths": {"models": cfg.paths.models},
+                         "model": {"weights": cfg.model.weights, "device": "cuda"}}, "")
+    model = load_model(gpu, LocalizerId.QVH_SR, AnswererId.FINETUNED, round_=1)
+    want = torch.bfloat16 if use_bf16(Precision.AUTO, torch.device("cuda")) else torch.float32
+    assert model.vision.embeddings.patch_embedding.weight.dtype == want and model.t5.shared.weight.dtype == want
+    assert model.answerer.proj.weight.dtype == torch.float32 and model.answerer.proj.weight.is_cuda
+    rng = np.random.default_rng(0)
+    video = write_mp4(tmp_path / "v.mp4", rng.integers(0, 256, size=(16, 32, 32, 3), dtype=np.uint8), fps=8)
+    feats, _ = FeatureCache(tmp_path / "c", model).get(video, 4)
+    with torch.no_grad():
+        scores = model.localize(feats[None].cuda(), ["Question: is it red? Option A: yes. Option B: no."]).scores
+    assert scores.shape == (1, 4) and torch.isfinite(scores.float()).all()
+
+
 # ------------------------------------------------------------------------------- BLIP-2 without a tokenizer
 
 
