@@ -191,10 +191,10 @@ class BootstrapSettings:
     grad_clip: float = 1.0
     batch_size: int = 64
     vocab_steps: int = 150  # phase 1: two-option MATCH over two words only
-    match_steps: int = 2000  # phase 2 (at most): two-option MATCH over every word; the plateau breaks here
+    match_steps: int = 4000  # phase 2 (at most): two-option MATCH over every word; the plateau breaks here
     options_steps: int = 2000  # phase 3 (at most): 2-5 option MATCH
-    questions_steps: int = 1500  # phase 4 (at most): TEXT_QA, one frame
-    context_steps: int = 1000  # phase 5 (at most): TEXT_QA over 2 and 4 frames, YES_NO
+    questions_steps: int = 4000  # phase 4 (at most): TEXT_QA, one frame
+    context_steps: int = 3000  # phase 5 (at most): TEXT_QA over 2 and 4 frames, YES_NO
     see_steps: int = 600  # phase 6: GROUND only, the T5 frozen from here on
     frames_steps: int = 500  # phase 7 (at most): FRAME_QA + FRAME_MATCH + GROUND on real frames
     late_lr: float = 1e-3  # learning rate from phase 4 on (the circuit exists; keep it)
