@@ -18,7 +18,7 @@ import networkx as nx
 import pytest
 import yaml
 
-from sevila.stages import STAGES
+from sevila.stages import RUNS_AS, STAGES, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -39,8 +39,6 @@ NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/errors.py", "sevil
 NOT_READ = {"prepare": {"sevila/data/__init__.py", "sevila/data/how2qa.py", "sevila/data/star.py",
                         "sevila/data/tvqa.py", "sevila/data/vlep.py", "sevila/data/sevila_json.py"}}
 CONTENT_FOR = {"report": {"sevila/tracking/__init__.py"}}
-# DVC stages that run another stage's code with one setting changed: the baselines' Answerer (uniform frames).
-RUNS_AS = {"finetune_answerer_uniform": ("finetune_answerer", "-o finetune_answerer.frames=uniform")}
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +50,12 @@ def stages() -> dict:
         yield {s.addressing: s for s in repo.index.stages}, repo.index.graph
 
 
+def _family_name(name: str) -> str:
+    return name.split("@", 1)[0]
+
+
 def _family(name: str) -> str:
-    name = name.split("@", 1)[0]
+    name = _family_name(name)
     return RUNS_AS[name][0] if name in RUNS_AS else name
 
 
@@ -86,8 +88,10 @@ def test_every_stage_is_in_the_graph_and_evaluate_covers_exactly_the_variants(st
         assert by_name[f"evaluate@{v}"].cmd == f"sevila stage evaluate -o evaluate.only=[{v}]"
     for name in set(STAGES) - {"evaluate"}:
         assert by_name[name].cmd == f"sevila stage {name}"
-    for name, (stage, override) in RUNS_AS.items():
-        assert by_name[name].cmd == f"sevila stage {stage} {override}"
+    for name, (stage, overrides) in RUNS_AS.items():
+        assert by_name[name].cmd == " ".join(["sevila stage", stage, *(f"-o {o}" for o in overrides)])
+    # `pipeline()` (what runs without DVC) is dvc.yaml's stages in its order, evaluate's variants as one step
+    assert [n for n, _, _ in pipeline()] == list(dict.fromkeys(_family_name(n) for n in by_name))
 
 
 def test_stages_chain_in_pipeline_order(stages):

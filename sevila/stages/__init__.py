@@ -24,6 +24,22 @@ STAGES: dict[str, str] = {
     "report": "sevila.stages.report",
 }
 
+# dvc.yaml stages that run a stage of STAGES with settings changed: dvc name -> (stage, overrides)
+RUNS_AS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # the baselines' Answerer (BLIP-2^concat, paper Table 9), fine-tuned on the uniform frames it is evaluated on
+    "finetune_answerer_uniform": ("finetune_answerer", ("finetune_answerer.frames=uniform",)),
+}
+
+
+def pipeline() -> list[tuple[str, str, tuple[str, ...]]]:
+    """(dvc.yaml stage name, stage of STAGES, overrides) of every step of the pipeline in dvc.yaml's order: what a
+    caller without DVC (the rehearsal, tests) runs to rebuild what `dvc repro` does."""
+    steps = []
+    for name in STAGES:
+        steps.append((name, name, ()))
+        steps += [(dvc_name, stage, over) for dvc_name, (stage, over) in RUNS_AS.items() if stage == name]
+    return steps
+
 
 def run_stage(name: str, params: str = "params.yaml", overrides: tuple[str, ...] = ()) -> dict:
     """Load and check every setting (nothing is written before they are all valid), then run the stage."""
