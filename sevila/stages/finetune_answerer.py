@@ -69,7 +69,8 @@ def run(cfg: Config) -> dict:
     stage = stage_name(ft.frames)
     name = f"{stage}_r{cfg.round}"  # report file and MLflow run
     uses_loc = ft.frames is FrameSelection.LOCALIZER
-    model = load_model(cfg, localizer=ft.localizer if uses_loc else LocalizerId.BACKBONE)
+    model = load_model(cfg, localizer=ft.localizer if uses_loc else LocalizerId.BACKBONE,
+                       precision=ft.train.precision)
     k = cfg.frames.n_keyframes
     items = answerer_items(model, clip_features(cfg, model, read_split(cfg, "train")), ft.frames, k, ft.train.seed)
     val = qa_items(clip_features(cfg, model, read_split(cfg, "val")))

@@ -77,7 +77,7 @@ def moment_quality(model, items: list[dict], k: int) -> dict[str, float]:
 
 
 def run(cfg: Config) -> dict:
-    model = load_model(cfg)
+    model = load_model(cfg, precision=cfg.pretrain_localizer.train.precision)
     train_items = moment_items(clip_features(cfg, model, read_split(cfg, "train", moments=True)))
     val_items = moment_items(clip_features(cfg, model, read_split(cfg, "val", moments=True)))
     k = cfg.frames.n_keyframes

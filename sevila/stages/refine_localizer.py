@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 
 from sevila import tracking
-from sevila.chain import (chain_accuracy, clip_features, fit_module, load_model, localizer_dir, qa_items, qa_prompt_pair,
-                          read_split)
+from sevila.chain import (chain_accuracy, clip_features, fit_module, load_model, localizer_dir, qa_items,
+                          qa_prompt_pair, read_split)
 from sevila.config import Config, LocalizerId
 from sevila.io import atomic_write_json
 from sevila.run_settings import stage_run
@@ -52,7 +52,7 @@ def run(cfg: Config) -> dict:
     results = {}
     for start in cfg.refine_localizer.starts:
         load_id, load_round, target = start_and_target(LocalizerId(start), cfg.round)
-        model = load_model(cfg, localizer=load_id, round_=load_round)
+        model = load_model(cfg, localizer=load_id, round_=load_round, precision=cfg.refine_localizer.train.precision)
         items = pseudo_items(clip_features(cfg, model, records), labels)
         val = qa_items(clip_features(cfg, model, read_split(cfg, "val")))
         k = cfg.frames.n_keyframes
