@@ -53,7 +53,7 @@ class Benchmark(str, enum.Enum):
 class PathsConfig:
     data: str = "data"
     world: str = "data/raw/synth"  # the synthetic world as generated (official formats)
-    # canonical records; null: <data>/processed/<dataset> (the folder dvc.yaml tracks, so leave it null under DVC)
+    # canonical records of `dataset`, in a folder named after it; null: <data>/processed/<dataset>
     processed: str | None = None
     reports: str = "reports"
     models: str = "models"  # trained modules: models/localizer/<id>/, models/answerer/<id>/ (round-suffixed)
@@ -279,6 +279,11 @@ class Config:
         if self.paths.processed is None:  # frozen: the derived default is set once, here
             object.__setattr__(self, "paths", dataclasses.replace(
                 self.paths, processed=f"{self.paths.data}/processed/{self.dataset.value}"))
+        elif self.dataset.real and Path(self.paths.processed).name != self.dataset.value:
+            # one benchmark's records never land in another's folder (params.yaml's default is synth's)
+            raise InvalidSetting("paths.processed", self.paths.processed,
+                                 f"must be a folder named after dataset={self.dataset.value} "
+                                 f"(e.g. {self.paths.data}/processed/{self.dataset.value})")
 
     def video_folder(self, records_dataset: str) -> Path:
         """Where the videos of records of `records_dataset` (a record's `dataset` field) are: the world's folder for

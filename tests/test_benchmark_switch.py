@@ -68,7 +68,10 @@ def test_records_folder_follows_the_switch_unless_set(tmp_path):
     p = _params(tmp_path, "paths: {data: d}\n")
     assert load_config(p).paths.processed == "d/processed/synth"
     assert load_config(p, ["dataset=tvqa"]).paths.processed == "d/processed/tvqa"
-    assert load_config(p, ["dataset=tvqa", "paths.processed=elsewhere"]).paths.processed == "elsewhere"
+    assert load_config(p, ["dataset=tvqa", "paths.processed=elsewhere/tvqa"]).paths.processed == "elsewhere/tvqa"
+    with pytest.raises(ConfigError, match="paths.processed: 'data/processed/synth' must be a folder named after "
+                                          r"dataset=tvqa \(e.g. d/processed/tvqa\)"):
+        load_config(p, ["dataset=tvqa", "paths.processed=data/processed/synth"])
     cfg = load_config(p, ["dataset=tvqa", "datasets.tvqa.videos=/v/tvqa", "datasets.qvhighlights.videos=/v/qvh"])
     assert cfg.video_folder("tvqa") == Path("/v/tvqa") and cfg.video_folder("qvhighlights") == Path("/v/qvh")
     with pytest.raises(ConfigError, match="datasets.star.videos: not set"):
