@@ -13,9 +13,15 @@ so the miniature fills its splits by one rule (`SPLIT_RULE`, printed in the summ
 Which record belongs to which video is read by the real readers (sevila.data.annotations), so a file they cannot
 read is refused here with their message.
 
+STAR is the one exception to "copied": its raw excerpts hold two questions (both Interaction), too few for its four
+types, so its miniature is SeViLA's converted STAR val/test excerpt (`sevila_data/star`, 40 + 20 real questions,
+every type) written back in STAR's raw format by `star_from_sevila` (the inverse of SeViLA's notebook: the fields
+the readers and the notebook use; no situation graphs or programs). Given `--labelled`/`--test`, the real raw STAR
+files are copied like every other benchmark's.
+
 Videos. `<videos>/<video id>.mp4`, where the id is what the benchmark's annotation names: NExT-QA's
-`map_vid_vidorID.json` value (`<dir>/<id>`), STAR's `video_id`, How2QA's YouTube id, TVQA's and VLEP's `vid_name`,
-QVHighlights' `vid`. Each video lasts until one second after the latest `end` of its annotations (QVHighlights:
+`map_vid_vidorID.json` value (`<dir>/<id>`), STAR's `video_id`, How2QA's YouTube id, TVQA's `vid_name`, VLEP's
+`vid_name` less the `_ep` of TV clips (`video_file`), QVHighlights' `vid`. Each video lasts until one second after the latest `end` of its annotations (QVHighlights:
 its `duration`; no window at all: `NO_WINDOW_SECONDS`), at `FPS` frames per second and `SIZE` pixels square: a
 colour gradient that drifts over time, different per video (the content means nothing; the tiny model is random).
 """
@@ -26,10 +32,9 @@ import dataclasses
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -52,31 +57,54 @@ SPLIT_RULE = ("train + val = the labelled excerpt split by video (alternating in
               "train/val/test files")
 
 
+def star_from_sevila(rec: dict) -> dict:
+    """A SeViLA-format STAR record back in STAR's raw form (SeViLA's notebook turned `choices[i].choice` into
+    `a<i>` and the answer text into its index; this undoes that). The test split has no answer and gets none."""
+    n = int(rec["num_option"])
+    raw = {"question_id": rec["qid"], "question": rec["question"], "video_id": rec["video"],
+           "start": rec["start"], "end": rec["end"]}
+    if rec.get("answer") is not None:
+        raw["answer"] = rec[f"a{rec['answer']}"]
+    raw["choices"] = [{"choice_id": i, "choice": rec[f"a{i}"]} for i in range(n)]
+    return raw
+
+
+@dataclass(frozen=True)
+class Excerpt:
+    """An excerpt file under the excerpts root, and how it becomes the official form (STAR: `star_from_sevila`)."""
+
+    path: str
+    fmt: SourceFormat = SourceFormat.OFFICIAL
+    rebuild: Callable[[dict], dict] | None = None
+
+
 @dataclass(frozen=True)
 class Spec:
     """Where a benchmark's excerpts are and the official names its miniature's files take."""
 
     dataset: Dataset
-    labelled: str  # excerpt with answers, relative to the excerpts root -> train + val
-    test: str | None  # the test excerpt -> test
+    labelled: Excerpt  # excerpt with answers -> train + val
+    test: Excerpt | None  # the test excerpt -> test
     names: dict[str, str]  # split -> official file name in the miniature
-    fmt: SourceFormat = SourceFormat.OFFICIAL
     video_map: str | None = None  # NExT-QA's map_vid_vidorID.json
 
 
+_STAR = {"fmt": SourceFormat.SEVILA_JSON, "rebuild": star_from_sevila}
 SPECS: dict[Dataset, Spec] = {
-    Dataset.NEXTQA: Spec(Dataset.NEXTQA, "nextqa/val.csv", "nextqa/test.csv",
+    Dataset.NEXTQA: Spec(Dataset.NEXTQA, Excerpt("nextqa/val.csv"), Excerpt("nextqa/test.csv"),
                          {"train": "train.csv", "val": "val.csv", "test": "test.csv"},
                          video_map=f"nextqa/{MAP_NAME}"),
-    Dataset.STAR: Spec(Dataset.STAR, "sevila_data/star/val.json", "sevila_data/star/test.json",
-                       {"train": "train.json", "val": "val.json", "test": "test.json"}, fmt=SourceFormat.SEVILA_JSON),
-    Dataset.HOW2QA: Spec(Dataset.HOW2QA, "how2qa/how2QA_val_release.csv", "how2qa/how2QA_test_public_release.csv",
+    Dataset.STAR: Spec(Dataset.STAR, Excerpt("sevila_data/star/val.json", **_STAR),
+                       Excerpt("sevila_data/star/test.json", **_STAR),
+                       {"train": "STAR_train.json", "val": "STAR_val.json", "test": "STAR_test.json"}),
+    Dataset.HOW2QA: Spec(Dataset.HOW2QA, Excerpt("how2qa/how2QA_val_release.csv"),
+                         Excerpt("how2qa/how2QA_test_public_release.csv"),
                          {"train": "how2QA_train_release.csv", "val": "how2QA_val_release.csv",
                           "test": "how2QA_test_public_release.csv"}),
-    Dataset.TVQA: Spec(Dataset.TVQA, "tvqa/tvqa_plus_val.json", "tvqa/tvqa_test_public.jsonl",
+    Dataset.TVQA: Spec(Dataset.TVQA, Excerpt("tvqa/tvqa_plus_val.json"), Excerpt("tvqa/tvqa_test_public.jsonl"),
                        {"train": "tvqa_plus_train.json", "val": "tvqa_plus_val.json",
                         "test": "tvqa_test_public.jsonl"}),
-    Dataset.VLEP: Spec(Dataset.VLEP, "vlep/vlep_dev_release.jsonl", "vlep/vlep_test_release.jsonl",
+    Dataset.VLEP: Spec(Dataset.VLEP, Excerpt("vlep/vlep_dev_release.jsonl"), Excerpt("vlep/vlep_test_release.jsonl"),
                        {"train": "vlep_train_release.jsonl", "val": "vlep_dev_release.jsonl",
                         "test": "vlep_test_release.jsonl"}),
 }
@@ -102,10 +130,11 @@ class AnnotationFile:
     def is_array(self) -> bool:
         return bool(self.units) and isinstance(self.units[0], dict)
 
-    def write(self, path: Path, keep: Sequence[int]) -> Path:
-        """The units at `keep` (file order) under `path`, in the source's own layout."""
+    def write(self, path: Path, keep: Sequence[int], rebuild: Callable[[dict], dict] | None = None) -> Path:
+        """The units at `keep` (file order) under `path`, in the source's own layout (JSON elements through
+        `rebuild` where given)."""
         if self.is_array:
-            return atomic_write_text(path, json.dumps([self.units[i] for i in keep]))
+            return atomic_write_text(path, json.dumps([(rebuild or dict)(self.units[i]) for i in keep]))
         return atomic_write_text(path, (self.header or "") + "".join(self.units[i] for i in keep))
 
 
@@ -164,15 +193,25 @@ def clip_frames(video_id: str, n_frames: int, size: int = SIZE) -> np.ndarray:
     return np.broadcast_to(row[:, None], (n_frames, size, size, 3)).round().astype(np.uint8)
 
 
-def seconds_needed(records: Sequence[Record]) -> dict[str, float]:
-    """Per video id, how long its video must be to hold every annotation that names it."""
+def video_file(dataset: Dataset, video: str) -> str:
+    """The file (relative to the video folder, no extension) of an annotation's video id in the official layout:
+    the id itself, but VLEP's TV clips are stored without the `_ep` their `vid_name` ends in (SeViLA's loader,
+    `mc_video_vqa_datasets.py`: a `vid_name` with no `:` is a TV clip, read as `vid_name[:-3]`)."""
+    if dataset is Dataset.VLEP and ":" not in video and video.endswith("_ep"):
+        return video[:-3]
+    return video
+
+
+def seconds_needed(dataset: Dataset, records: Sequence[Record]) -> dict[str, float]:
+    """Per video file, how long it must be to hold every annotation that names it."""
     need: dict[str, float] = {}
     for r in records:
         if isinstance(r, MomentRecord):
             s = float(r.duration)
         else:
             s = (r.end + TAIL_SECONDS) if r.end is not None else NO_WINDOW_SECONDS
-        need[r.video] = max(need.get(r.video, 0.0), s)
+        f = video_file(dataset, r.video)
+        need[f] = max(need.get(f, 0.0), s)
     return need
 
 
@@ -211,9 +250,11 @@ class Miniature:
     moments: dict[str, SplitFile]
     moment_videos: Path
     n_videos: int
+    texts: tuple[str, ...]  # every question, option and query: what a tokenizer for them must know
+    notes: tuple[str, ...] = ()
 
     def summary(self) -> list[str]:
-        lines = [f"split rule: {SPLIT_RULE}"]
+        lines = [f"split rule: {SPLIT_RULE}", *self.notes]
         for name, files in ((self.dataset.value, self.annotations), ("qvhighlights", self.moments)):
             for f in files.values():
                 lines.append(f"{name} {f.split}: {f.path} ({f.questions} records, {f.videos} videos, "
@@ -221,9 +262,6 @@ class Miniature:
         lines.append(f"videos: {self.n_videos} mp4 under {self.videos} and {self.moment_videos} "
                      f"({FPS} fps, {SIZE}x{SIZE})")
         return lines
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
 
 def _split_file(split: str, path: Path, source: Path, records: Sequence[Record]) -> SplitFile:
@@ -235,32 +273,33 @@ def lay_out(dataset: Dataset | str, out: Path, source: Path, labelled: Path | No
             test: Path | None = None, video_map: Path | None = None) -> Miniature:
     """Write the miniature of `dataset` under `out/<dataset>/` and QVHighlights' under `out/qvhighlights/`:
     `annotations/` (official file names), `videos/` (official layout). `source` is the excerpts root;
-    `labelled`/`test`/`video_map` replace its files with any official file of that benchmark."""
+    `labelled`/`test`/`video_map` replace its files with any official file of that benchmark (copied as is)."""
     spec = SPECS[Dataset(dataset)]
-    labelled = labelled or source / spec.labelled
-    test = test if test is not None else (source / spec.test if spec.test else None)
+    lab_src = Excerpt(str(labelled)) if labelled is not None else dataclasses.replace(
+        spec.labelled, path=str(source / spec.labelled.path))
+    test_src = Excerpt(str(test)) if test is not None else (
+        dataclasses.replace(spec.test, path=str(source / spec.test.path)) if spec.test else None)
     vmap_src = video_map or (source / spec.video_map if spec.video_map else None)
     bench, qvh = out / spec.dataset.value, out / Dataset.QVHIGHLIGHTS.value
     ann = bench / "annotations"
     vmap = ann / MAP_NAME if vmap_src else None
-    files = {}
-    all_records: list[Record] = []
-    lab = read_units(spec.dataset, labelled, spec.fmt, vmap_src)
+    lab = read_units(spec.dataset, Path(lab_src.path), lab_src.fmt, vmap_src)
     train, val = split_by_video(lab.records)
-    parts = [("train", lab, train), ("val", lab, val)]
-    if test is not None:
-        tst = read_units(spec.dataset, test, spec.fmt, vmap_src)
-        parts.append(("test", tst, first_videos(tst.records, MAX_TEST_VIDEOS)))
-    for split, src, keep in parts:
+    parts = [("train", lab_src, lab, train), ("val", lab_src, lab, val)]
+    if test_src is not None:
+        tst = read_units(spec.dataset, Path(test_src.path), test_src.fmt, vmap_src)
+        parts.append(("test", test_src, tst, first_videos(tst.records, MAX_TEST_VIDEOS)))
+    files, records = {}, []
+    for split, excerpt, src, keep in parts:
         if not keep:
             raise AnnotationError(src.path, None, f"too few videos to fill the {split} split (need at least 2)")
         recs = [src.records[i] for i in keep]
-        files[split] = _split_file(split, src.write(ann / spec.names[split], keep), src.path, recs)
-        all_records += recs
+        written = src.write(ann / spec.names[split], keep, excerpt.rebuild)
+        files[split] = _split_file(split, written, src.path, recs)
+        records += recs
     if vmap is not None:  # the map's entries for the miniature's videos, in the map's order
-        wanted = {Path(r.video).name for r in all_records}
-        full = load_video_map(vmap_src)
-        atomic_write_json(vmap, {k: v for k, v in full.items() if k in wanted}, indent=None)
+        wanted = {Path(r.video).name for r in records}
+        atomic_write_json(vmap, {k: v for k, v in load_video_map(vmap_src).items() if k in wanted}, indent=None)
     moments, moment_records = {}, []
     for split, rel in MOMENTS.items():
         src = read_units(Dataset.QVHIGHLIGHTS, source / rel)
@@ -268,9 +307,10 @@ def lay_out(dataset: Dataset | str, out: Path, source: Path, labelled: Path | No
         recs = [src.records[i] for i in keep]
         moments[split] = _split_file(split, src.write(qvh / "annotations" / Path(rel).name, keep), src.path, recs)
         moment_records += recs
-    for folder in (bench / "videos", qvh / "videos"):
-        if folder.exists():
-            shutil.rmtree(folder)
-    n = len(write_videos(bench / "videos", seconds_needed(all_records)))
-    n += len(write_videos(qvh / "videos", seconds_needed(moment_records)))
-    return Miniature(spec.dataset, files, bench / "videos", vmap, moments, qvh / "videos", n)
+    n = len(write_videos(bench / "videos", seconds_needed(spec.dataset, records)))
+    n += len(write_videos(qvh / "videos", seconds_needed(Dataset.QVHIGHLIGHTS, moment_records)))
+    texts = [t for r in records for t in (r.question or "", *r.options)] + [m.query for m in moment_records]
+    notes = tuple(f"{e.path} is SeViLA's converted form: written back in the official raw form "
+                  f"({e.rebuild.__name__})" for _, e, _, _ in parts if e.rebuild is not None)
+    return Miniature(spec.dataset, files, bench / "videos", vmap, moments, qvh / "videos", n, tuple(texts),
+                     tuple(dict.fromkeys(notes)))
