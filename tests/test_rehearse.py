@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sevila import cli
 from sevila.data.annotations import Dataset, read_annotations
 from sevila.data.video import verify_video
 from sevila.rehearse import MARKER, check_out
+from sevila.rehearse.project import VARIANTS
 from sevila.rehearse.miniature import (
     MAX_MOMENT_VIDEOS, MAX_TEST_VIDEOS, QA_BENCHMARKS, SPECS, lay_out, split_by_video, star_from_sevila,
 )
@@ -141,3 +143,60 @@ class _no_raise:
 
     def __exit__(self, *exc):
         return False
+
+
+# ------------------------------------------------------------------------------------ the pipeline, end to end
+
+#: the benchmark's own metric names (sevila.metrics.qa_metrics): NExT-QA's groups, STAR's four types and their mean
+METRICS = {"nextqa": {"accuracy", "Causal", "Temporal", "Descriptive"},
+           "star": {"accuracy", "Interaction", "Sequence", "Prediction", "Feasibility", "mean"},
+           "how2qa": {"accuracy"}, "tvqa": {"accuracy"}, "vlep": {"accuracy"}}
+PHASES = ("evaluate", "finetune", "pretrain", "pseudo_label", "refine", "report")
+
+
+def mlflow_runs(uri: str) -> dict[str, set[str]]:
+    """experiment name -> the names of its FINISHED runs."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    return {e.name: {r.info.run_name for r in client.search_runs([e.experiment_id]) if r.info.status == "FINISHED"}
+            for e in client.search_experiments() if e.name.startswith("sevila/")}
+
+
+def check_report(project: Path, benchmark: str, val_file: Path) -> None:
+    """The report holds every variant with the benchmark's metric names, scored over every val question."""
+    val = read_annotations(benchmark, val_file)
+    rows = json.loads((project / "reports" / "ablations.json").read_text())
+    assert sorted(r["variant"] for r in rows) == sorted(VARIANTS)
+    for r in rows:
+        assert r["dataset"] == benchmark and METRICS[benchmark] <= set(r), (r["variant"], sorted(r))
+        assert r["count"] == len(val) and r["unlabelled"] == 0
+    if benchmark == "nextqa":  # the per-type counts are the val file's
+        assert {k[6:]: v for k, v in rows[0].items() if k.startswith("count_")} == dict(Counter(r.qtype for r in val))
+    md = (project / "reports" / "ablations.md").read_text()
+    assert f"## Dataset `{benchmark}`" in md and all(f"| {v} |" in md for v in VARIANTS)
+
+
+@pytest.fixture(scope="module")
+def rehearsal_dir(tmp_path_factory) -> Path:
+    """One rehearsal folder for every benchmark, as a user switching `dataset` in one project has: each benchmark's
+    runs land in its own experiments of the one MLflow store (and the store's schema is made once, not 5 times)."""
+    return tmp_path_factory.mktemp("rehearsal")
+
+
+@pytest.mark.parametrize("benchmark", BENCHMARKS)
+def test_rehearsal_runs_the_real_pipeline_end_to_end(benchmark, rehearsal_dir, realdata, capsys):
+    out = rehearsal_dir
+    assert cli.main(["rehearse", benchmark, "--out", str(out), "--source", str(realdata)]) == 0
+    printed = capsys.readouterr().out
+    project = out / "project"
+    assert f"report: {project / 'reports' / 'ablations.md'}" in printed
+    assert "split rule: train + val = the labelled excerpt split by video" in printed
+    check_report(project, benchmark, out / benchmark / "annotations" / SPECS[Dataset(benchmark)].names["val"])
+    runs = mlflow_runs(f"sqlite:///{project / 'mlflow.db'}")
+    assert {f"sevila/{benchmark}/{phase}" for phase in PHASES} <= set(runs)
+    assert all(name.split("/")[1] in BENCHMARKS for name in runs)  # every experiment is one benchmark's
+    assert runs[f"sevila/{benchmark}/evaluate"] == set(VARIANTS)
+    validation = json.loads((project / "reports" / "validation.json").read_text())
+    assert validation["success"] is True
+    assert json.loads((out / MARKER).read_text())["benchmark"] == benchmark
