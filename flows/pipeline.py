@@ -102,7 +102,7 @@ def ablation_sweep(params: str = "params.yaml", variants: list[str] | None = Non
     root = project_root(params)
     cfg = load_config(root / "params.yaml")
     names = select_variants(list(cfg.evaluate.variants), variants)
-    with flow_parent_run("prefect-ablation-sweep", cfg.evaluate.dataset, round=cfg.round) as parent:
+    with flow_parent_run("prefect-ablation-sweep", cfg.dataset.value, round=cfg.round) as parent:
         out = run_graph(root, [f"{EVALUATE}@{n}" for n in names], parent)
     return {n: out[f"{EVALUATE}@{n}"] for n in names}
 
@@ -120,7 +120,7 @@ def pipeline(params: str = "params.yaml") -> dict[str, dict]:
     returns {stage: metrics}. Pick the task runner with `run_pipeline(...)`."""
     root = project_root(params)
     cfg = load_config(root / "params.yaml")
-    with flow_parent_run("prefect-pipeline", cfg.evaluate.dataset, round=cfg.round) as parent:
+    with flow_parent_run("prefect-pipeline", cfg.dataset.value, round=cfg.round) as parent:
         return run_graph(root, list(upstream(root)), parent)
 
 

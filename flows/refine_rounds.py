@@ -206,7 +206,7 @@ def refine_round(round: int | None = None, params: str = "params.yaml", max_roun
         raise FileNotFoundError(f"round {round} starts from outputs that do not exist: {'; '.join(missing)}")
     previous = read_accuracy(metrics_file(cfg, round - 1, variant)) if round > 1 else None
     stages = [*ROUND_STAGES, f"evaluate@{variant}"]
-    with flow_parent_run(f"refine-round-{round}", cfg.evaluate.dataset, round=round,
+    with flow_parent_run(f"refine-round-{round}", cfg.dataset.value, round=round,
                          main_variant=variant) as parent:
         for name in stages:
             if in_graph:
@@ -237,7 +237,7 @@ def refine_rounds(params: str = "params.yaml", start: int | None = None, max_rou
     """Rounds from `start` (None: the next one on disk) until `refine_round` says stop."""
     cfg = load_config(params, list(overrides or []))
     decisions: list[RoundDecision] = []
-    with flow_parent_run("prefect-self-refinement", cfg.evaluate.dataset):
+    with flow_parent_run("prefect-self-refinement", cfg.dataset.value):
         n = start
         while True:
             d = refine_round(round=n, params=params, max_rounds=max_rounds, min_improvement=min_improvement,

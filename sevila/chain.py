@@ -81,10 +81,14 @@ def read_split(cfg: Config, split: str, moments: bool = False) -> list[Record]:
 def clip_features(cfg: Config, model, records: Sequence[Record], n_frames: int | None = None,
                   skip_log: SkipLog | None = None):
     """Cached ViT features per clip (one decode and one ViT pass per video and window, shared by every question,
-    module, variant and round). Bad videos follow `frames.bad_video`: fail, or skip and write them down."""
+    module, variant and round), the videos read from the records' benchmark folder (`Config.video_folder`). Bad
+    videos follow `frames.bad_video`: fail, or skip and write them down."""
     cache = FeatureCache(cfg.frames.cache, model)
     policy = BadVideoPolicy(cfg.frames.bad_video.value)
-    videos = Path(cfg.paths.world) / "videos"
+    kinds = sorted({r.dataset for r in records})
+    if len(kinds) > 1:  # one records file is one benchmark; a mix would need two video folders
+        raise ValueError(f"records of several datasets {kinds} in one call; pass one benchmark's records at a time")
+    videos = cfg.video_folder(kinds[0]) if kinds else Path(cfg.paths.world) / "videos"
     n_frames = cfg.frames.n_frames if n_frames is None else n_frames  # 0 is an error downstream, never "default"
     return list(iter_clip_features(cache, records, videos, n_frames, policy=policy,
                                    skip_log=skip_log if skip_log is not None else SkipLog()))

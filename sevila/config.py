@@ -31,11 +31,30 @@ class BadVideoPolicyName(str, enum.Enum):
     SKIP = "skip"
 
 
+class Benchmark(str, enum.Enum):
+    """What the pipeline runs on (`dataset:` in params.yaml): the embedded synthetic world, or one of the paper's
+    QA benchmarks. QVHighlights (`datasets.qvhighlights`) is the Localizer's pre-training set (paper §3.3), read
+    by pretrain_localizer beside whichever QA benchmark runs, never the benchmark itself."""
+
+    SYNTH = "synth"
+    NEXTQA = "nextqa"
+    STAR = "star"
+    HOW2QA = "how2qa"
+    TVQA = "tvqa"
+    VLEP = "vlep"
+    QVHIGHLIGHTS = "qvhighlights"
+
+    @property
+    def real(self) -> bool:
+        return self is not Benchmark.SYNTH
+
+
 @dataclass(frozen=True)
 class PathsConfig:
     data: str = "data"
     world: str = "data/raw/synth"  # the synthetic world as generated (official formats)
-    processed: str = "data/processed/synth"  # canonical records
+    # canonical records; null: <data>/processed/<dataset> (the folder dvc.yaml tracks, so leave it null under DVC)
+    processed: str | None = None
     reports: str = "reports"
     models: str = "models"  # trained modules: models/localizer/<id>/, models/answerer/<id>/ (round-suffixed)
     runs: str = "runs"  # per-round pseudo-labels and predictions
@@ -53,7 +72,6 @@ class WorldConfig:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    dataset: str = "nextqa"  # the world is written in NExT-QA csv format and read back by the real reader
     splits: tuple[str, ...] = ("train", "val", "test")
     bad_video: BadVideoPolicyName = BadVideoPolicyName.FAIL
 
@@ -135,13 +153,100 @@ def check_frames(n_frames: int, n_keyframes: int) -> None:
 @dataclass(frozen=True)
 class EvaluateConfig:
     split: str = "test"
-    dataset: str = "synth"  # MLflow experiment sevila/<dataset>/evaluate
     variants: dict[str, VariantConfig] = field(default_factory=dict)
     only: tuple[str, ...] = ()  # evaluate just these variants (DVC's foreach runs one per stage)
 
 
+# ---- the real benchmarks (`datasets:`): where each one's official files are, and the paper's settings for it
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    """A benchmark's official annotation file per pipeline split (null: that split is not available)."""
+
+    train: str | None = None
+    val: str | None = None
+    test: str | None = None
+
+    def get(self, split: str) -> str | None:
+        if split not in ("train", "val", "test"):
+            raise InvalidSetting(split, split, "is not a split (train, val, test)")
+        return getattr(self, split)
+
+
+@dataclass(frozen=True)
+class StageRecipe:
+    """One training stage as the official run scripts ran it (run_scripts/sevila/*, lavis/projects/sevila/train):
+    `batch_size` is the global batch (per-GPU batch x GPUs x accumulation), `micro_batch` the per-GPU one."""
+
+    lr: float | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    micro_batch: int | None = None
+    warmup_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if getattr(self, f.name) is None:
+                raise InvalidSetting(f.name, None, "must be set (the official run script's value)")
+
+    def applied_to(self, train: TrainConfig) -> TrainConfig:
+        return dataclasses.replace(train, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
+                                   micro_batch=self.micro_batch, warmup_steps=self.warmup_steps)
+
+
+@dataclass(frozen=True)
+class PaperSettings:
+    """What runs for a benchmark with real weights (`model.weights` a BLIP-2 directory or a SeViLA .pth): its
+    frames -> keyframes and the recipe of each training stage it feeds (QVHighlights: pre-training only)."""
+
+    n_frames: int = 32
+    n_keyframes: int = 4
+    pretrain_localizer: StageRecipe | None = None
+    refine_localizer: StageRecipe | None = None
+    finetune_answerer: StageRecipe | None = None
+
+    def __post_init__(self) -> None:
+        check_frames(self.n_frames, self.n_keyframes)
+
+
+@dataclass(frozen=True)
+class BenchmarkData:
+    """One benchmark's official files: annotations per split, the video folder in its official layout, and
+    NExT-QA's `map_vid_vidorID.json` (its csv names videos by an id that the map turns into `<dir>/<id>`)."""
+
+    annotations: SplitFiles = field(default_factory=SplitFiles)
+    videos: str | None = None
+    video_map: str | None = None
+    paper: PaperSettings = field(default_factory=PaperSettings)
+
+
+@dataclass(frozen=True)
+class DatasetsConfig:
+    nextqa: BenchmarkData = field(default_factory=BenchmarkData)
+    star: BenchmarkData = field(default_factory=BenchmarkData)
+    how2qa: BenchmarkData = field(default_factory=BenchmarkData)
+    tvqa: BenchmarkData = field(default_factory=BenchmarkData)
+    vlep: BenchmarkData = field(default_factory=BenchmarkData)
+    qvhighlights: BenchmarkData = field(default_factory=BenchmarkData)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            if f.name != Benchmark.NEXTQA.value and getattr(self, f.name).video_map is not None:
+                raise InvalidSetting(f"{f.name}.video_map", getattr(self, f.name).video_map,
+                                     "applies only to NExT-QA (its csv names videos through map_vid_vidorID.json)")
+
+    def __getitem__(self, benchmark: Benchmark | str) -> BenchmarkData:
+        b = Benchmark(benchmark)
+        if not b.real:
+            raise KeyError("the synthetic world has no `datasets` entry (it is generated: `world`)")
+        return getattr(self, b.value)
+
+
 @dataclass(frozen=True)
 class Config:
+    dataset: Benchmark = Benchmark.SYNTH  # the one switch: synth, or a QA benchmark of `datasets`
+    datasets: DatasetsConfig = field(default_factory=DatasetsConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
@@ -159,6 +264,23 @@ class Config:
     def __post_init__(self) -> None:
         if self.round < 1:
             raise InvalidSetting("round", self.round, "must be >= 1 (rounds count from 1, paper §3.2)")
+        if self.dataset is Benchmark.QVHIGHLIGHTS:
+            raise InvalidSetting("dataset", self.dataset.value, "is the Localizer's pre-training set, not a QA "
+                                 "benchmark: pick one of " + ", ".join(b.value for b in Benchmark
+                                                                       if b is not Benchmark.QVHIGHLIGHTS))
+        if self.paths.processed is None:  # frozen: the derived default is set once, here
+            object.__setattr__(self, "paths", dataclasses.replace(
+                self.paths, processed=f"{self.paths.data}/processed/{self.dataset.value}"))
+
+    def video_folder(self, records_dataset: str) -> Path:
+        """Where the videos of records of `records_dataset` (a record's `dataset` field) are: the world's folder for
+        the synthetic world (its QA and moments alike); a real benchmark's own folder, QVHighlights' for moments."""
+        if not self.dataset.real:
+            return Path(self.paths.world) / "videos"
+        videos = self.datasets[records_dataset].videos
+        if videos is None:
+            raise ConfigError(f"datasets.{records_dataset}.videos: not set (the folder of its videos)")
+        return Path(videos)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -195,7 +317,38 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
         raise ConfigError(f"{path}: top level must be a mapping")
     for item in overrides:
         apply_override(raw, item)
-    return build(Config, raw, "")
+    return with_paper_settings(build(Config, raw, ""))
+
+
+def real_weights(weights: str | Path) -> bool:
+    """`model.weights` is a transformers BLIP-2 directory or a LAVIS/SeViLA .pth, not one of our checkpoints (the
+    synthetic world's tiny backbone). A path that does not exist yet is not: the stage loading it says so."""
+    if not Path(weights).exists():
+        return False
+    # Imported here: telling the formats apart lives in sevila.loading (which needs torch); settings load without it.
+    from sevila.checkpoint_io import CheckpointKind
+    from sevila.loading import detect_kind
+
+    return detect_kind(weights) in (CheckpointKind.HF_BLIP2, CheckpointKind.LAVIS)
+
+
+def with_paper_settings(cfg: Config) -> Config:
+    """A real benchmark run with real weights runs the paper's settings for that benchmark (`datasets.<name>.paper`,
+    from the official run scripts): its frames -> keyframes, and the recipes of fine-tuning and self-refinement;
+    Localizer pre-training takes `datasets.qvhighlights.paper`. Every other field of a stage's `train:` block stays.
+    The synthetic world, and a real benchmark on our own checkpoints, run params.yaml's stage settings as written."""
+    if not cfg.dataset.real or not real_weights(cfg.model.weights):
+        return cfg
+    qa, qvh = cfg.datasets[cfg.dataset].paper, cfg.datasets.qvhighlights.paper
+
+    def stage(section, recipe: StageRecipe | None):
+        return section if recipe is None else dataclasses.replace(section, train=recipe.applied_to(section.train))
+
+    return dataclasses.replace(
+        cfg, frames=dataclasses.replace(cfg.frames, n_frames=qa.n_frames, n_keyframes=qa.n_keyframes),
+        pretrain_localizer=stage(cfg.pretrain_localizer, qvh.pretrain_localizer),
+        refine_localizer=stage(cfg.refine_localizer, qa.refine_localizer),
+        finetune_answerer=stage(cfg.finetune_answerer, qa.finetune_answerer))
 
 
 def apply_override(raw: dict, item: str) -> None:

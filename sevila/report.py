@@ -12,7 +12,8 @@ Tables, one set per dataset, each from the runs whose `study` tag names it (a st
   32 -> 4 configuration is defined once in params.yaml, as `f32k4_qvh_sr` of study `components`);
 - baselines (paper Table 9): BLIP-2 voting, BLIP-2 concat, SeViLA and the oracle upper bound;
 - self-refinement rounds.
-Metric columns: `accuracy` always, `keyframe_in_span` (and any extra metric asked for) where some row has it;
+Metric columns: `accuracy` always, `keyframe_in_span` (and any extra metric asked for) where some row has it, and
+each benchmark's own (BENCHMARK_METRICS: NExT-QA Causal/Temporal/Descriptive, STAR its four types and their mean);
 values are percentages as sevila.metrics computes them (0-100), shown with one decimal.
 
 Outputs (atomic writes): `<out>/ablations.md`, `<out>/ablations.json` (one object per variant: dataset,
@@ -32,6 +33,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from sevila.io import atomic_path, atomic_write_json, atomic_write_text
+from sevila.metrics import NEXTQA_GROUPS, STAR_TYPES, QADataset
 from sevila.seeds import STD_SUFFIX, collapse_seeds
 from sevila.settings import AnswererId
 from sevila.tracking import (
@@ -40,7 +42,13 @@ from sevila.tracking import (
 )
 
 DEFAULT_METRICS: tuple[str, ...] = ("accuracy", "keyframe_in_span")
-METRIC_LABELS: dict[str, str] = {"accuracy": "Accuracy", "keyframe_in_span": "Keyframes in span"}
+METRIC_LABELS: dict[str, str] = {"accuracy": "Accuracy", "keyframe_in_span": "Keyframes in span", "mean": "Mean"}
+# Each benchmark's own columns besides accuracy (sevila.metrics.qa_metrics logs them): NExT-QA's question groups
+# (paper Table 1), STAR's four types and their unweighted mean (its headline); How2QA, TVQA, VLEP report accuracy.
+BENCHMARK_METRICS: dict[str, tuple[str, ...]] = {
+    QADataset.NEXTQA.value: tuple(NEXTQA_GROUPS),
+    QADataset.STAR.value: (*STAR_TYPES, "mean"),
+}
 MISSING = "–"  # en dash: a value the run did not log
 YES, NO = "✓", "✗"
 MD_NAME, JSON_NAME = "ablations.md", "ablations.json"
@@ -282,7 +290,9 @@ TABLE_BUILDERS = (components_table, frames_table, baselines_table, rounds_table)
 
 
 def dataset_tables(latest_rows: pd.DataFrame, dataset: str, metrics: Sequence[str] = DEFAULT_METRICS) -> list[Table]:
+    """The tables of one dataset: `metrics`, then the benchmark's own columns (BENCHMARK_METRICS)."""
     rows = latest_rows[latest_rows["dataset"] == dataset]
+    metrics = tuple(dict.fromkeys([*metrics, *BENCHMARK_METRICS.get(dataset, ())]))
     return [t for t in (b(rows, metrics) for b in TABLE_BUILDERS) if t is not None]
 
 

@@ -1,7 +1,7 @@
 """`sevila repro [dvc repro arguments]`: `dvc repro` with every stage's MLflow run grouped under one parent run.
 
 DVC runs each stage as its own `sevila stage NAME` process, so without help each stage's run would stand alone
-in MLflow. This opens `tracking.parent_run("dvc-repro", <evaluate.dataset>)`, which exports
+in MLflow. This opens `tracking.parent_run("dvc-repro", <dataset>)`, which exports
 $SEVILA_PARENT_RUN_ID and $MLFLOW_TRACKING_URI, and runs `dvc repro` as a child process: DVC passes its
 environment on to the stages, and `tracking.start_run` nests every run it makes under that parent. The parent
 ends FINISHED when dvc succeeds and FAILED when it does not (its exit code is returned either way).
@@ -45,11 +45,11 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def dataset_of(root: Path) -> str:
-    """`evaluate.dataset` of the project's params.yaml (the MLflow experiment `sevila/<dataset>/pipeline`)."""
+    """`dataset` of the project's params.yaml (the MLflow experiment `sevila/<dataset>/pipeline`)."""
     from sevila.config import load_config
 
     params = root / "params.yaml"
-    return load_config(params).evaluate.dataset if params.is_file() else "synth"
+    return load_config(params).dataset.value if params.is_file() else "synth"
 
 
 def repro(args: list[str], root: Path | None = None) -> int:

@@ -101,8 +101,8 @@ def stage_run(cfg: Config, stage: str, phase: Phase, run_name: str, tags: RunTag
     variant, else `stage_params`), the resolved config as the `params.yaml` artifact, and the records it reads
     (plus `inputs`, e.g. a pseudo-label file) as datasets."""
     params = variant_params(cfg, variant) if variant is not None else stage_params(cfg, stage)
-    if tags.seed is None and cfg.evaluate.dataset == SYNTH:  # the world and backbone it ran on (sevila.seeds)
+    if tags.seed is None and cfg.dataset.value == SYNTH:  # the world and backbone it ran on (sevila.seeds)
         tags = dataclasses.replace(tags, seed=cfg.world.seed)
-    with start_run(cfg.evaluate.dataset, phase, run_name, tags, params, config=to_dict(cfg),
+    with start_run(cfg.dataset.value, phase, run_name, tags, params, config=to_dict(cfg),
                    inputs=[*stage_inputs(cfg, stage), *inputs]) as run:
         yield run

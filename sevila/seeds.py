@@ -90,7 +90,7 @@ def run_seeds(seeds: Sequence[int], root: Path, extra: Sequence[str] = ()) -> in
     original = params.read_bytes()  # `dvc exp run -S` rewrites the file (its YAML formatting too)
     order = seed_order(seeds, cfg.world.seed)
     try:
-        with tracking.parent_run(PARENT_RUN_NAME, cfg.evaluate.dataset, tags={"seeds": ",".join(map(str, order))}):
+        with tracking.parent_run(PARENT_RUN_NAME, cfg.dataset.value, tags={"seeds": ",".join(map(str, order))}):
             for seed in order:
                 # A rerun replaces the seed's experiment (`dvc exp run --force` would also rerun unchanged stages).
                 subprocess.run([sys.executable, "-m", "dvc", "exp", "remove", exp_name(seed)], cwd=root,

@@ -16,7 +16,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence, Union
 
 import pandas as pd
 
@@ -74,16 +74,29 @@ class ValidationReport:
                 "expectations": [r.to_dict() for r in self.results]}
 
 
+#: Where records' videos are: one folder, one folder per record `dataset`, or None (not checked).
+VideoRoots = Union[Path, Mapping[str, Path], None]
+
+
+def root_of(videos: Path | Mapping[str, Path], dataset: str) -> Path:
+    if isinstance(videos, Mapping):
+        if dataset not in videos:
+            raise UserError(f"no video folder for records of dataset {dataset!r} (folders: {sorted(videos)})")
+        return Path(videos[dataset])
+    return Path(videos)
+
+
 QUESTION_COLUMNS = ["qid", "source", "dataset", "video", "split", "kind", "n_options", "expected_options", "answer",
                     "needs_question", "question_len", "duration", "video_readable"]
 
 
 def question_frame(records: Iterable[Record], source_of: Sequence[str], split_of: Mapping[str, str],
-                   videos: Path | None) -> pd.DataFrame:
+                   videos: VideoRoots) -> pd.DataFrame:
     """One row per record with the columns the expectations read; `source_of[i]` names record i's source and
-    `split_of` a source's split (for records that carry none)."""
+    `split_of` a source's split (for records that carry none). `videos`: one folder for every record, or one per
+    record `dataset` (a real benchmark's QA and QVHighlights' moments live in different folders)."""
     rows = []
-    readable = functools.lru_cache(maxsize=None)(lambda v: video_readable(videos, v))  # once per video
+    readable = functools.lru_cache(maxsize=None)(lambda d, v: video_readable(root_of(videos, d), v))  # once each
     for i, r in enumerate(records):
         src = source_of[i]
         row = {"qid": r.qid, "source": src, "dataset": r.dataset, "video": r.video, "split": r.split or split_of[src]}
@@ -95,7 +108,7 @@ def question_frame(records: Iterable[Record], source_of: Sequence[str], split_of
         else:
             row |= {"kind": "moment", "n_options": None, "expected_options": None, "answer": None,
                     "needs_question": True, "question_len": len(r.query.strip()), "duration": r.duration}
-        row["video_readable"] = readable(r.video) if videos is not None else True
+        row["video_readable"] = readable(r.dataset, r.video) if videos is not None else True
         rows.append(row)
     # Records check their field types when built (sevila.data.records), so these columns are numbers or None;
     # to_numeric only turns None into NaN, which the pair expectations skip.
@@ -166,7 +179,7 @@ def build_checks() -> list[Check]:
     ]
 
 
-def validate_records(sources: Mapping[str, Sequence[Record]], videos: Path | None = None, *,
+def validate_records(sources: Mapping[str, Sequence[Record]], videos: VideoRoots = None, *,
                      split_names: Mapping[str, str] | None = None) -> ValidationReport:
     """Run every check over the records of all sources together (so cross-split leaks are seen).
 

@@ -351,6 +351,22 @@ def verify_video(path: str | Path) -> tuple[int, float]:
     return max(n_header, n_packets), fps
 
 
+def probe_video(path: str | Path) -> tuple[int, float]:
+    """(n_frames, fps) from the container header, without decoding: what prepare records of each real video
+    (its duration = n_frames / fps). `verify_video` (validate) is the full check of every packet."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        n_frames, fps = _PyAVReader(path).info()
+    except VideoError:
+        raise
+    except Exception as e:
+        raise VideoCorrupt(path, f"cannot be opened ({_describe(e)})") from None
+    if n_frames <= 0 or not (fps > 0 and math.isfinite(fps)):
+        raise VideoCorrupt(path, f"the header gives {n_frames} frames at {fps} fps")
+    return n_frames, fps
+
+
 def to_pixels(frames: np.ndarray | torch.Tensor, size: int = 224) -> torch.Tensor:
     """uint8 [n, H, W, 3] RGB -> float32 [n, 3, size, size], resized then CLIP-normalised.
 

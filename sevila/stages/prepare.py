@@ -1,4 +1,5 @@
-"""Stage `prepare`: generate the synthetic world (the embedded default) and read it back into canonical records.
+"""Stage `prepare`: the canonical records of `dataset`. A real benchmark's official files are read as they are
+(sevila.data.benchmarks); the synthetic world (the embedded default) is generated, then read back the same way.
 
 The world is written in the official NExT-QA csv and QVHighlights jsonl formats, so it passes through the same
 readers as the real benchmarks (sevila.data.annotations); each question's ground-truth event span is joined in
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from sevila.config import Config
 from sevila.data.annotations import Dataset, count_unlabelled, read_annotations
+from sevila.data.benchmarks import prepare_benchmark
 from sevila.data.records import QARecord, write_records
 from sevila.data.synth import generate_world
 from sevila.io import atomic_write_json
@@ -41,14 +43,24 @@ def with_evidence(records: list[QARecord], spans: dict[str, tuple[float, float]]
     return out
 
 
+#: What `paths.world` holds when a real benchmark runs: DVC tracks that folder as prepare's output whatever the
+#: dataset (dvc.yaml cannot branch on it), so it names why it holds no world rather than keeping a stale one.
+NO_WORLD = "no_world.json"
+
+
 def run(cfg: Config) -> dict:
+    if cfg.dataset.real:
+        summary = prepare_benchmark(cfg)
+        atomic_write_json(Path(cfg.paths.world) / NO_WORLD, {
+            "dataset": cfg.dataset.value, "why": "a real benchmark runs: nothing is generated (README, Real benchmarks)"})
+        return summary
     world, processed = Path(cfg.paths.world), Path(cfg.paths.processed)
     w = cfg.world
     generate_world(world, n_videos=w.videos, seed=w.seed, fps=w.fps, size=w.size)
 
     spans = read_spans(world / "spans.jsonl")
     video_map = world / "nextqa" / "map_vid_vidorID.json"
-    summary: dict = {"dataset": cfg.prepare.dataset, "splits": {}}
+    summary: dict = {"dataset": Dataset.NEXTQA.value, "splits": {}}  # the format the world's QA is written in
     for split in cfg.prepare.splits:
         qa_src = world / "nextqa" / f"{split}.csv"
         qa = with_evidence(read_annotations(Dataset.NEXTQA, qa_src, video_map=video_map), spans, split, qa_src)

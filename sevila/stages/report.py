@@ -73,7 +73,7 @@ def run(cfg: Config) -> dict:
 
     uri = tracking.tracking_uri()
     tracking.reap_stale_runs(uri)
-    dataset, variants = cfg.evaluate.dataset, list(cfg.evaluate.variants)
+    dataset, variants = cfg.dataset.value, list(cfg.evaluate.variants)
     rows = round_rows(tracking.finished_runs(dataset, tracking.Phase.EVALUATE), variants, cfg.round)
     found = set(rows["variant"]) if not rows.empty else set()
     missing = [v for v in variants if v not in found]

@@ -1,11 +1,15 @@
 """Stage `validate`: Great Expectations suites over the canonical records of every split at once (so a video
-shared between splits is caught), with each record's video checked on disk. Writes `reports/validation.json`;
-fails the pipeline when an expectation fails and `validate.fail_on_error` is set."""
+shared between splits is caught), with each record's video checked on disk (it exists in its benchmark's folder
+and every packet demuxes). Writes `reports/validation.json`; fails the pipeline when an expectation fails and
+`validate.fail_on_error` is set. For a real benchmark the report also counts the questions prepare left out for a
+missing video (`prepare.bad_video: skip`, listed in the records folder's skipped.json)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from sevila.config import Config
+from sevila.config import Benchmark, Config
+from sevila.data.benchmarks import SKIPPED_FILE
 from sevila.data.records import read_records
 from sevila.io import atomic_write_json
 from sevila.validation import validate_records
@@ -22,11 +26,22 @@ def run(cfg: Config) -> dict:
         splits[split] = read_records(processed / f"{split}.jsonl")
         splits[f"moments_{split}"] = read_records(processed / f"moments_{split}.jsonl")
     # prepare stamps each record with its split, so QA and moment files of one split count as one split.
-    report = validate_records(splits, videos=Path(cfg.paths.world) / "videos")
+    if cfg.dataset.real:
+        videos = {b: cfg.video_folder(b) for b in (cfg.dataset.value, Benchmark.QVHIGHLIGHTS.value)}
+    else:
+        videos = cfg.video_folder(cfg.dataset.value)
+    report = validate_records(splits, videos=videos)
     out = Path(cfg.paths.reports) / "validation.json"
-    atomic_write_json(out, report.to_dict())
+    payload = report.to_dict()
+    skipped = processed / SKIPPED_FILE
+    if cfg.dataset.real:
+        payload["skipped_by_prepare"] = json.loads(skipped.read_text())["n_skipped"] if skipped.is_file() else 0
+    atomic_write_json(out, payload)
     failed = [r.name for r in report.results if not r.success]
     if failed and cfg.validate.fail_on_error:
         raise ValidationFailed(f"validation failed ({', '.join(failed)}); see {out}")
-    return {"success": report.success, "records": report.n_records, "failed": failed}
+    metrics = {"success": report.success, "records": report.n_records, "failed": failed}
+    if cfg.dataset.real:
+        metrics["skipped_by_prepare"] = payload["skipped_by_prepare"]
+    return metrics
 
