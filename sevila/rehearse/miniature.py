@@ -21,9 +21,10 @@ files are copied like every other benchmark's.
 
 Videos. `<videos>/<video id>.mp4`, where the id is what the benchmark's annotation names: NExT-QA's
 `map_vid_vidorID.json` value (`<dir>/<id>`), STAR's `video_id`, How2QA's YouTube id, TVQA's `vid_name`, VLEP's
-`vid_name` less the `_ep` of TV clips (`video_file`), QVHighlights' `vid`. Each video lasts until one second after the latest `end` of its annotations (QVHighlights:
-its `duration`; no window at all: `NO_WINDOW_SECONDS`), at `FPS` frames per second and `SIZE` pixels square: a
-colour gradient that drifts over time, different per video (the content means nothing; the tiny model is random).
+`vid_name` less the `_ep` of TV clips (`video_file`), QVHighlights' `vid`. Each video lasts until one second after
+the latest `end` of its annotations (QVHighlights: its `duration`; no window at all: `NO_WINDOW_SECONDS`), at `FPS`
+frames per second (QVHighlights `MOMENT_FPS`) and `SIZE` pixels square: a colour gradient that drifts over time,
+different per video (the content means nothing; the tiny model is random).
 """
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ from sevila.data.records import AnnotationError, MomentRecord, QARecord, Record
 from sevila.data.synth_render import write_mp4
 from sevila.io import atomic_write_json, atomic_write_text
 
-FPS = 2
+FPS = 2  # every window of the excerpts spans a frame at 2 fps (at 1 fps two VLEP windows would fall back)
+MOMENT_FPS = 1  # QVHighlights' windows are whole 2 s clips
 SIZE = 32
 NO_WINDOW_SECONDS = 8  # NExT-QA and QVHighlights-free records sample the whole video: any short video will do
 TAIL_SECONDS = 1  # past the latest annotated end, so int(end * fps) lies inside the video
@@ -260,7 +262,7 @@ class Miniature:
                 lines.append(f"{name} {f.split}: {f.path} ({f.questions} records, {f.videos} videos, "
                              f"{f.labelled} labelled) from {f.source}")
         lines.append(f"videos: {self.n_videos} mp4 under {self.videos} and {self.moment_videos} "
-                     f"({FPS} fps, {SIZE}x{SIZE})")
+                     f"({FPS} fps, QVHighlights {MOMENT_FPS} fps, {SIZE}x{SIZE})")
         return lines
 
 
@@ -308,7 +310,7 @@ def lay_out(dataset: Dataset | str, out: Path, source: Path, labelled: Path | No
         moments[split] = _split_file(split, src.write(qvh / "annotations" / Path(rel).name, keep), src.path, recs)
         moment_records += recs
     n = len(write_videos(bench / "videos", seconds_needed(spec.dataset, records)))
-    n += len(write_videos(qvh / "videos", seconds_needed(Dataset.QVHIGHLIGHTS, moment_records)))
+    n += len(write_videos(qvh / "videos", seconds_needed(Dataset.QVHIGHLIGHTS, moment_records), MOMENT_FPS))
     texts = [t for r in records for t in (r.question or "", *r.options)] + [m.query for m in moment_records]
     notes = tuple(f"{e.path} is SeViLA's converted form: written back in the official raw form "
                   f"({e.rebuild.__name__})" for _, e, _, _ in parts if e.rebuild is not None)

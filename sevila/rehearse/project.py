@@ -17,12 +17,8 @@ import yaml
 from sevila.config import apply_override, load_config, read_yaml
 from sevila.data.annotations import Dataset
 from sevila.io import atomic_write_text
-from sevila.stages import run_stage
+from sevila.stages import STAGES, run_stage
 
-# dvc.yaml's stages for a real benchmark, in order (`bootstrap` trains the synthetic world's backbone: a real run
-# starts from the BLIP-2 directory in `model.weights` instead)
-STAGES: tuple[str, ...] = ("prepare", "validate", "pretrain_localizer", "pseudo_label", "refine_localizer",
-                           "finetune_answerer", "evaluate", "report")
 
 # Sized for a tiny model on a CPU: one epoch of small batches, 4 -> 2 frames (the paper: 32 -> 4, tens of epochs)
 RECIPE = {"lr": 1.0e-3, "epochs": 1, "batch_size": 4, "micro_batch": 4, "warmup_steps": 0}
@@ -94,7 +90,8 @@ def write_params(project: Path, template: Path, settings: list[str]) -> Path:
 
 
 def run_project(params: Path, on_stage: Callable[[str, float, dict], None] | None = None) -> dict[str, dict]:
-    """Every stage of `STAGES` on `params`, in order, with the project's own MLflow store
+    """Every stage of the pipeline on `params`, in dvc.yaml's order (sevila.stages.STAGES; `bootstrap` trains
+    nothing for a real benchmark and says so), with the project's own MLflow store
     (`<project>/mlflow.db`, where `sevila stage` run inside the project puts it). Returns each stage's metrics;
     `on_stage(name, seconds, metrics)` hears of each as it ends."""
     from sevila import tracking
