@@ -247,17 +247,17 @@ def own_tokenizer(texts: list[str], out: Path):
 
 
 def own_blip2(out: Path, tokenizer) -> Path:
-    """Another tiny BLIP-2 than the rehearsal's: 48 px images in 16 px patches, 4 query tokens, a 1-layer ViT, a
-    Q-Former cross-attending in every layer, a 1+1-layer T5 of width 32."""
+    """Another tiny BLIP-2 than the rehearsal's: 48 px images in 16 px patches (9, not 16), 4 query tokens (not 8),
+    ViT, Q-Former and T5 of width 48 (not 64), T5 heads of 12 (not 16)."""
     from transformers import Blip2Config, Blip2ForConditionalGeneration, T5Config
 
-    text = T5Config(vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_decoder_layers=1,
+    text = T5Config(vocab_size=len(tokenizer), d_model=48, d_kv=12, d_ff=96, num_layers=2, num_decoder_layers=2,
                     num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
                     tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    cfg = Blip2Config(vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+    cfg = Blip2Config(vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                                          num_attention_heads=4, patch_size=16, image_size=48),
                       qformer_config=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                          intermediate_size=96, cross_attention_frequency=1),
+                                          intermediate_size=96, cross_attention_frequency=2),
                       text_config=text.to_dict(), num_query_tokens=4)
     Blip2ForConditionalGeneration(cfg).save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
