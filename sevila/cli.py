@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "stage": "sevila.stages",
     "repro": "sevila.repro",
     "seeds": "sevila.seeds",
+    "rehearse": "sevila.rehearse",
 }
 
 
