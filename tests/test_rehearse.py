@@ -323,5 +323,5 @@ def test_a_blip2_directory_without_tokenizer_stops_naming_it_and_keeps_the_outpu
     argv = ["stage", "pretrain_localizer", "-p", str(project / "params.yaml"), "-o", f"model.weights={weights}"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"sevila stage: error: {weights}: no tokenizer found"), err
+    assert err.startswith(f"sevila stage: error: {weights}: this BLIP-2 directory has no usable tokenizer"), err
     assert {p: p.read_bytes() for p in (project / "reports").glob("*.json")} == before  # nothing lost
