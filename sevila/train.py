@@ -484,8 +484,14 @@ def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn,
                 raise FloatingPointError(f"loss is {loss_value} at optimizer step {step + 1} (epoch {epoch}); "
                                          "no update was applied")
             metrics = {"loss": loss_value, "lr": lr}
+            # the global gradient norm, clipped to grad_clip (an infinite limit leaves the gradients as they are): a
+            # finite loss can still have an inf/nan gradient, and one such step turns every weight into nan
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf")))
+            if not math.isfinite(grad_norm):
+                raise FloatingPointError(f"gradient norm is {grad_norm} at optimizer step {step + 1} (epoch {epoch}, "
+                                         f"loss {loss_value:.4g}); no update was applied")
             if cfg.grad_clip is not None:
-                metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip))
+                metrics["grad_norm"] = grad_norm
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step, pos = step + 1, pos + 1
