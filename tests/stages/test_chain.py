@@ -19,7 +19,7 @@ from sevila.checkpoint_io import load_weights
 from sevila.checkpoints import load_sevila
 from sevila.config import load_config
 from sevila.data.records import read_records
-from sevila.stages import evaluate, finetune_answerer, pretrain_localizer, pseudo_label, refine_localizer
+from sevila.stages import RUNS_AS, evaluate, finetune_answerer, pretrain_localizer, pseudo_label, refine_localizer
 from sevila.settings import FrameSelection, TrainConfig
 from sevila.stages.finetune_answerer import answerer_items, answerer_loss
 from sevila.stages.pretrain_localizer import moment_windows
@@ -36,18 +36,10 @@ VARIANTS = {
 }
 
 
-class UniformAnswerer:
-    """DVC's finetune_answerer_uniform: the finetune_answerer stage with `finetune_answerer.frames=uniform`."""
-
-    @staticmethod
-    def run(cfg):
-        ft = dataclasses.replace(cfg.finetune_answerer, frames=FrameSelection.UNIFORM)
-        return finetune_answerer.run(dataclasses.replace(cfg, finetune_answerer=ft))
-
-
+# dvc.yaml's steps after bootstrap; finetune_answerer_uniform runs finetune_answerer under RUNS_AS's settings
 ORDER = {"pretrain_localizer": pretrain_localizer, "pseudo_label": pseudo_label,
          "refine_localizer": refine_localizer, "finetune_answerer": finetune_answerer,
-         "finetune_answerer_uniform": UniformAnswerer, "evaluate": evaluate}
+         "finetune_answerer_uniform": finetune_answerer, "evaluate": evaluate}
 
 
 class Chain:
@@ -57,9 +49,11 @@ class Chain:
         self.params, self.cfg, self.results = params, load_config(params), {}
 
     def __getitem__(self, name: str) -> dict:
-        for stage in list(ORDER)[:list(ORDER).index(name) + 1]:
-            if stage not in self.results:
-                self.results[stage] = ORDER[stage].run(self.cfg)
+        for step in list(ORDER)[:list(ORDER).index(name) + 1]:
+            if step not in self.results:
+                overrides = RUNS_AS[step][1] if step in RUNS_AS else ()
+                cfg = load_config(self.params, overrides) if overrides else self.cfg
+                self.results[step] = ORDER[step].run(cfg)
         return self.results[name]
 
 
