@@ -208,6 +208,23 @@ def check_report(rows: list, markdown: str, benchmark: str, val_file: Path) -> N
     assert all(f" {m} |" in header for m in MARKDOWN_COLUMNS[benchmark]), header
 
 
+def test_the_tiny_blip2_sees_its_frames(tmp_path):
+    """Its ViT features tell frames apart and survive the fp16 feature cache. transformers draws a BLIP-2 ViT at std
+    1e-10 by default (it is always loaded pre-trained): every cached feature was then 0 and the Q-Former's
+    LayerNorm (eps 1e-12) gave an infinite gradient at the first training step."""
+    import torch
+
+    from sevila.rehearse.tiny_blip2 import save_tiny_blip2
+    from sevila.weights_hf import build_from_blip2_dir
+
+    model, _ = build_from_blip2_dir(save_tiny_blip2(tmp_path / "blip2", ["a question about a frame"]))
+    size = model.config.image_size
+    torch.manual_seed(0)
+    features = model.encode_frames(torch.randn(2, 3, size, size)).half().float()  # [2, P, Dv] as cached
+    assert features.std() > 0.1
+    assert (features[0] - features[1]).abs().mean() > 0.1  # two frames, two different feature maps
+
+
 @pytest.mark.parametrize("benchmark", BENCHMARKS)
 def test_rehearsal_runs_the_real_pipeline_end_to_end(rehearse, benchmark):
     r = rehearse(benchmark)
@@ -255,7 +272,8 @@ def own_blip2(out: Path, tokenizer) -> Path:
                     num_heads=4, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
                     tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     cfg = Blip2Config(vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                                         num_attention_heads=4, patch_size=16, image_size=48),
+                                         num_attention_heads=4, patch_size=16, image_size=48,
+                                         initializer_range=0.02),  # a BLIP-2's ViT is pre-trained, not ~0
                       qformer_config=dict(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
                                           intermediate_size=96, cross_attention_frequency=2),
                       text_config=text.to_dict(), num_query_tokens=4)

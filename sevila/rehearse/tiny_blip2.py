@@ -23,14 +23,19 @@ VOCAB = 512
 
 def tiny_blip2_config(vocab_size: int) -> Blip2Config:
     """BLIP-2's structure at toy width: ViT (2 layers, 32 px, 8 px patches), Q-Former (2 layers, cross-attention
-    every 2nd, 8 query tokens), Flan-T5 (gated-GELU, 2+2 layers, unscaled decoder output as Flan-T5 has)."""
+    every 2nd, 8 query tokens), Flan-T5 (gated-GELU, 2+2 layers, unscaled decoder output as Flan-T5 has).
+
+    The ViT is drawn at std 0.02: transformers' Blip2VisionConfig defaults to initializer_range=1e-10 (its ViT is
+    always loaded pre-trained), which left every patch feature ~1e-10, zero once cached in fp16, and the Q-Former's
+    LayerNorm (eps 1e-12) over an all-zero input gave an infinite gradient at the first step."""
     text = T5Config(vocab_size=vocab_size, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_decoder_layers=2,
                     num_heads=4, relative_attention_num_buckets=8, relative_attention_max_distance=32,
                     feed_forward_proj="gated-gelu", tie_word_embeddings=False, decoder_start_token_id=0,
                     pad_token_id=0, eos_token_id=1)
     return Blip2Config(
         vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           patch_size=8, image_size=32, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True),
+                           patch_size=8, image_size=32, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True,
+                           initializer_range=0.02),
         qformer_config=dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                             cross_attention_frequency=2, hidden_act="gelu", layer_norm_eps=1e-12),
         text_config=text.to_dict(), num_query_tokens=8)
