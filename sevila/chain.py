@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -24,7 +24,8 @@ from sevila.checkpoints import save_sevila
 from sevila.config import Config, to_dict
 from sevila.data.records import QARecord, Record, read_records
 from sevila.data.video import BadVideoPolicy, SkipLog
-from sevila.features import FeatureCache, iter_clip_features
+from sevila.features import (ClipFeatures, FeatureCache, StoredFeatures, group_by_clip, iter_clip_features,
+                             load_features)
 from sevila.loading import assemble
 from sevila.prompts import qa_prompts
 from sevila.settings import AnswererId, Fusion, LocalizerId, Precision, Selector, TrainConfig
@@ -93,11 +94,28 @@ def read_split(cfg: Config, split: str, moments: bool = False) -> list[Record]:
     return read_records(records_file(cfg, f"moments_{split}" if moments else split))
 
 
+class Clips:
+    """`clip_features`' result: one clip's features at a time on each pass (each pass reads the cache again), and
+    its length is the number of clips, so a progress bar knows its total."""
+
+    def __init__(self, make: Callable[[], Iterator[ClipFeatures]], n_clips: int) -> None:
+        self.make, self.n_clips = make, n_clips
+
+    def __iter__(self) -> Iterator[ClipFeatures]:
+        return self.make()
+
+    def __len__(self) -> int:
+        return self.n_clips
+
+
 def clip_features(cfg: Config, model, records: Sequence[Record], n_frames: int | None = None,
-                  skip_log: SkipLog | None = None):
+                  skip_log: SkipLog | None = None) -> Clips:
     """Cached ViT features per clip (one decode and one ViT pass per video and window, shared by every question,
     module, variant and round), the videos read from the records' benchmark folder (`Config.video_folder`). Bad
-    videos follow `frames.bad_video`: fail, or skip and write them down."""
+    videos follow `frames.bad_video`: fail, or skip and write them down.
+
+    One clip at a time, so a pass over a split holds one clip's features at once; items that outlive the
+    pass keep `ClipFeatures.held` (with a cache folder, a reference read back per batch: `stack`)."""
     cache = feature_cache(cfg, model)
     policy = BadVideoPolicy(cfg.frames.bad_video.value)
     kinds = sorted({r.dataset for r in records})
@@ -105,8 +123,9 @@ def clip_features(cfg: Config, model, records: Sequence[Record], n_frames: int |
         raise ValueError(f"records of several datasets {kinds} in one call; pass one benchmark's records at a time")
     videos = cfg.video_folder(kinds[0]) if kinds else Path(cfg.paths.world) / "videos"
     n_frames = cfg.frames.n_frames if n_frames is None else n_frames  # 0 is an error downstream, never "default"
-    return list(iter_clip_features(cache, records, videos, n_frames, policy=policy,
-                                   skip_log=skip_log if skip_log is not None else SkipLog()))
+    skip_log = skip_log if skip_log is not None else SkipLog()
+    return Clips(lambda: iter_clip_features(cache, records, videos, n_frames, policy=policy, skip_log=skip_log),
+                 len(group_by_clip(records)))
 
 
 def qa_prompt_pair(rec: QARecord) -> tuple[str, str]:
@@ -153,7 +172,7 @@ def qa_items(clips) -> list[dict]:
         for r in c.records:
             if r.answer is not None:
                 qa, loc = qa_prompt_pair(r)
-                items.append({"features": c.features, "qa": qa, "loc": loc, "answer": int(r.answer),
+                items.append({"features": c.held, "qa": qa, "loc": loc, "answer": int(r.answer),
                               "n_options": len(r.options)})
     return items
 
@@ -231,6 +250,8 @@ def content_digest(obj, sample_above: int | None = SAMPLE_ABOVE) -> str:
     def visit(x) -> None:
         if isinstance(x, torch.Tensor):
             tensor(x, x)
+        elif isinstance(x, StoredFeatures):  # what the cache key names: video identity, sampling, ViT, rows
+            h.update(f"stored|{x.identity()}|".encode())
         elif isinstance(x, np.ndarray):
             tensor(x, torch.from_numpy(np.ascontiguousarray(x)))
         elif isinstance(x, Mapping):
@@ -252,4 +273,5 @@ def content_digest(obj, sample_above: int | None = SAMPLE_ABOVE) -> str:
 
 
 def stack(batch: list, key: str) -> torch.Tensor:
-    return torch.stack([b[key] for b in batch])
+    """The batch's `key` stacked [B, ...]; stored features (`StoredFeatures`) are read from the cache here."""
+    return torch.stack([load_features(b[key]) for b in batch])

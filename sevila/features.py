@@ -427,12 +427,67 @@ def group_by_clip(records: Iterable[R]) -> dict[Clip, list[R]]:
     return {clip: recs for clip, recs in groups.values()}
 
 
+class StoredFeatures:
+    """One clip's features left in the feature cache: `load()` reads them back when a batch needs them. A training
+    stage holds one of these per question instead of the tensor, so a split never sits in RAM whole (NExT-QA's train
+    split at 32 ViT-g frames is ~180 GB in float32; its cache entries are read one batch at a time). `rows`: the
+    frames kept, in order (an Answerer's keyframes), None for all. An entry evicted since (`frames.cache_budget_gb`)
+    is recomputed by the read; a video changed since is an error, not silently other features."""
+
+    __slots__ = ("cache", "video", "n_frames", "start", "end", "rows", "key")
+
+    def __init__(self, cache: FeatureCache, video: Path, n_frames: int, start: float | None, end: float | None,
+                 rows: tuple[int, ...] | None = None, key: str | None = None) -> None:
+        if cache.root is None:
+            raise ValueError("StoredFeatures needs a feature cache folder to read from")
+        self.cache, self.video, self.n_frames, self.start, self.end = cache, Path(video), n_frames, start, end
+        self.rows = rows
+        self.key = key or cache.key(video, n_frames, start, end)
+
+    def load(self) -> torch.Tensor:
+        """[n or len(rows), P, Dv] float32 on CPU."""
+        if self.cache.key(self.video, self.n_frames, self.start, self.end) != self.key:
+            raise VideoError(self.video, "changed on disk since this run computed its features (the cache key "
+                                         "holds the file's size and mtime)")
+        features, _ = self.cache.get(self.video, self.n_frames, self.start, self.end)
+        return features if self.rows is None else features[list(self.rows)]
+
+    def take(self, rows: Sequence[int]) -> StoredFeatures:
+        """The same clip with only `rows` of the current frames (indices into what `load` returns now)."""
+        rows = [int(r) for r in rows]
+        kept = tuple(rows) if self.rows is None else tuple(self.rows[r] for r in rows)
+        return StoredFeatures(self.cache, self.video, self.n_frames, self.start, self.end, kept, self.key)
+
+    def identity(self) -> str:
+        """What a content digest of the item reads: the cache key (video identity, sampling, ViT) and the rows."""
+        return f"{self.key}|{self.rows}"
+
+
+def load_features(features: torch.Tensor | StoredFeatures) -> torch.Tensor:
+    """The tensor [n, P, Dv] of a clip's features as a stage holds them: the tensor itself (no cache folder to read
+    them back from) or StoredFeatures."""
+    return features.load() if isinstance(features, StoredFeatures) else features
+
+
+def take_frames(features: torch.Tensor | StoredFeatures, rows: Sequence[int]) -> torch.Tensor | StoredFeatures:
+    """`rows` of a clip's frames, held or stored alike."""
+    if isinstance(features, StoredFeatures):
+        return features.take(rows)
+    return features[torch.as_tensor(list(rows), dtype=torch.long)]
+
+
 @dataclass
 class ClipFeatures:
     clip: Clip
     features: torch.Tensor  # [n, P, Dv] float32
     meta: FrameMeta
     records: list  # the records of this clip, in input order
+    stored: StoredFeatures | None = None  # where `features` can be read back from (None: no cache folder)
+
+    @property
+    def held(self):
+        """What an item should keep: the stored reference when there is one, else the tensor itself."""
+        return self.stored if self.stored is not None else self.features
 
 
 def iter_clip_features(cache: FeatureCache, records: Iterable, video_root: str | Path, n_frames: int, *,
@@ -455,7 +510,8 @@ def iter_clip_features(cache: FeatureCache, records: Iterable, video_root: str |
             for r in recs:
                 skip_log.add(getattr(r, "qid", clip.video), clip.video, e.kind, detail=str(e))
             continue
-        yield ClipFeatures(clip, features, meta, recs)
+        stored = StoredFeatures(cache, path, n_frames, clip.start, clip.end) if cache.root is not None else None
+        yield ClipFeatures(clip, features, meta, recs, stored)
 
 
 # ----------------------------------------------------------------------------------- single-video inference

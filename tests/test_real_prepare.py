@@ -308,15 +308,15 @@ def test_the_chain_reads_each_records_videos_from_their_benchmarks_folder(tmp_pa
     tok = build_tiny_tokenizer(["a video question"], tmp_path / "tok", vocab_size=64)
     torch.manual_seed(0)
     model = SeViLA(sevila_tiny(len(tok)), tok).eval()
-    clips = clip_features(cfg, model, read_split(cfg, "val"))
+    clips = list(clip_features(cfg, model, read_split(cfg, "val")))
     assert [(c.clip.video, c.clip.start, c.clip.end) for c in clips] == [("6H78U", 11.1, 19.6)]
     # 10 s at 2 fps: the window [11.1, 19.6] lies past the end, so the whole video is sampled and that is said
     assert clips[0].meta.window_fallback and clips[0].features.shape[0] == 4
-    moments = clip_features(cfg, model, read_split(cfg, "train", moments=True))
+    moments = list(clip_features(cfg, model, read_split(cfg, "train", moments=True)))
     assert len(moments) == 30 and not any(c.meta.window_fallback for c in moments)
     (tmp_path / "qvh" / "j7rJstUseKg_360.0_510.0.mp4").unlink()  # gone after prepare: frames.bad_video applies
     skipped = SkipLog()
-    assert len(clip_features(cfg, model, read_split(cfg, "train", moments=True), skip_log=skipped)) == 29
+    assert len(list(clip_features(cfg, model, read_split(cfg, "train", moments=True), skip_log=skipped))) == 29
     assert [e["video"] for e in skipped.entries] == ["j7rJstUseKg_360.0_510.0"]
 
 

@@ -14,6 +14,7 @@ from sevila import tracking
 from sevila.chain import (answerer_dir, chain_accuracy, clip_features, fit_module, load_model, qa_items, qa_prompt_pair,
                           read_split, stack)
 from sevila.config import Config, FrameSelection, LocalizerId
+from sevila.features import take_frames
 from sevila.io import atomic_write_json
 from sevila.run_settings import stage_run
 from sevila.selection import uniform_keyframes
@@ -46,7 +47,7 @@ def answerer_items(model, clips, how: FrameSelection, k: int, seed: int) -> list
         if not recs:
             continue
         for r, idx in zip(recs, pick_frames(model, c.features, recs, how, k, seed)):
-            items.append({"features": c.features[idx], "prompt": qa_prompt_pair(r)[0], "answer": r.answer,
+            items.append({"features": take_frames(c.held, idx), "prompt": qa_prompt_pair(r)[0], "answer": r.answer,
                           "n_options": len(r.options)})
     return items
 

@@ -18,6 +18,7 @@ from sevila import prompts, tracking
 from sevila.chain import clip_features, fit_module, load_model, localizer_dir, read_split, stack
 from sevila.config import Config, LocalizerId
 from sevila.data.video import frame_labels
+from sevila.features import load_features
 from sevila.io import atomic_write_json
 from sevila.metrics import keyframe_in_span, localizer_metrics
 from sevila.moments import evaluate_moments, frame_scores_to_windows
@@ -29,7 +30,7 @@ def moment_items(clips) -> list[dict]:
     for c in clips:
         for m in c.records:
             labels = frame_labels(c.meta.timestamps, m.windows or ())
-            items.append({"features": c.features, "prompt": prompts.qvh_localizer_prompt(m.query),
+            items.append({"features": c.held, "prompt": prompts.qvh_localizer_prompt(m.query),
                           "labels": torch.as_tensor(labels, dtype=torch.bool), "timestamps": c.meta.timestamps,
                           "windows": m.windows or (), "qid": m.qid, "duration": m.duration})
     return items
@@ -60,7 +61,7 @@ def moment_quality(model, items: list[dict], k: int) -> dict[str, float]:
     dev = next(model.t5.parameters()).device
     in_span, auc_pairs, truth, predicted = [], [], {}, {}
     for it in items:
-        out = model.localize(it["features"][None].to(dev), [it["prompt"]], k)
+        out = model.localize(load_features(it["features"])[None].to(dev), [it["prompt"]], k)
         scores = out.scores[0].float().cpu().numpy()
         chosen = it["timestamps"][out.keyframes[0].cpu().numpy()]
         in_span.append(keyframe_in_span(chosen, it["timestamps"], list(it["windows"])) if it["windows"] else None)

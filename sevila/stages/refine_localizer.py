@@ -41,7 +41,7 @@ def pseudo_items(clips, labels: dict[str, dict]) -> list[dict]:
             if row["frame_indices"] != c.meta.indices.tolist():
                 raise ValueError(f"pseudo-labels of {r.qid} were made on other frames than the features in use "
                                  "(n_frames or the video changed): rerun pseudo_label")
-            items.append({"features": c.features, "prompt": qa_prompt_pair(r)[1],
+            items.append({"features": c.held, "prompt": qa_prompt_pair(r)[1],
                           "labels": torch.tensor(row["labels"], dtype=torch.bool)})
     return items
 

@@ -108,7 +108,7 @@ def test_round_2_pseudo_labels_come_from_round_1s_finetuned_answerer(two_rounds,
     cfg = load_config(tiny_project, ["round=2", "pseudo_label.answerer=finetuned"])
     model = load_model(cfg, answerer=AnswererId.FINETUNED, round_=1)
     records = [r for r in read_split(cfg, "train") if r.answer is not None]
-    clip = clip_features(cfg, model, records)[0]
+    clip = next(iter(clip_features(cfg, model, records)))
     expected = label_clip(model, clip.features, clip.records)
     round1, round2 = read_labels(label_file(cfg, 1)), read_labels(label_file(cfg, 2))
     assert all(row["round"] == 2 for row in round2.values()) and set(round1) == set(round2)
