@@ -37,7 +37,11 @@ steps when trained on five-option QA directly). A curriculum breaks it: two-opti
 words (the plateau breaks after ~300-1000 steps of 64 examples, varying with the seed), 2-5 options, the questions
 on one frame, then on several frames with yes/no; then the T5 is frozen and the vision is aligned to it (GROUND),
 then tuned on event-frame questions. The phases are GATED: each ends as soon as its held-out accuracy passes the
-gate (`Gate`), so a lucky seed does not wait and an unlucky one is not moved on before the circuit exists. Easier
+gate (`Gate`), so a lucky seed does not wait and an unlucky one is not moved on before the circuit exists. A phase
+whose gate has a stall rule (the one-frame questions, seen to sit at chance for 2,300 steps on one seed's float path
+while the same seed on another climbed from step ~300) is restarted from its first weights with another data order
+when it has not risen within `stall_steps` (`gate_verdict`), up to `restarts` times: a plateau is a property of one
+trajectory, and a fresh draw is cheaper than waiting it out. Easier
 tasks stay in every later mix: dropping them right after the plateau breaks was seen to make the young circuit
 collapse back to chance.
 
@@ -50,7 +54,9 @@ this module holds the curriculum, the losses, the held-out accuracies and the ru
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import enum
 import hashlib
 import json
 import logging
@@ -93,8 +99,9 @@ def curriculum(s: BootstrapSettings) -> tuple[Phase, ...]:
         Phase("match", s.match_steps, (TaskSpec(Task.MATCH, 2, 2),), Gate("match2_acc", s.gate)),
         Phase("options", s.options_steps, (TaskSpec(Task.MATCH, 2, 3), TaskSpec(Task.MATCH, 4, 5),
                                            TaskSpec(Task.MATCH, 5, 5)), Gate("match_acc", s.gate)),
+        # The one phase seen to stall outright (issue 10); the others climb, slowly on some seeds.
         Phase("questions", s.questions_steps, (TaskSpec(Task.TEXT_QA, 2, 5), TaskSpec(Task.TEXT_QA, 5, 5), match),
-              Gate("text_acc", s.gate), lr=s.late_lr),
+              Gate("text_acc", s.gate, s.stall_steps, s.stall_rise), lr=s.late_lr),
         # Several frames and yes/no only once single-frame questions work: mixed in from the start they tripled
         # the steps the questions took (1400-1500 instead of ~800, each step longer).
         Phase("context", s.context_steps, (TaskSpec(Task.TEXT_QA, 5, 5, n_frames=2),
@@ -273,16 +280,53 @@ def single_frame_accuracy(model: SeViLA, table: FrameTable, records: Sequence[QA
         "n_event_frames": float(hits["event"][1]), "n_outside_frames": float(hits["outside"][1])}
 
 
+class Verdict(str, enum.Enum):
+    """Where a gated phase stands after an evaluation."""
+
+    RUNNING = "running"  # train on
+    OPEN = "open"  # the gate opened: next phase
+    STALLED = "stalled"  # no rise within the gate's stall_steps: restart the phase from its first weights
+    MISSED = "missed"  # the budget ran out below the gate (after training, never while it runs)
+
+
+def gate_verdict(gate: Gate | None, seen: Sequence[tuple[int, float]]) -> Verdict:
+    """The verdict on a phase from its gate metric's evaluations so far, [(step, value)] in order (pure)."""
+    if gate is None or not seen:
+        return Verdict.RUNNING
+    step, value = seen[-1]
+    if value >= gate.threshold:
+        return Verdict.OPEN
+    first_step, first = seen[0]
+    if gate.stall_steps is not None and step - first_step >= gate.stall_steps \
+            and max(v for _, v in seen) < first + gate.stall_rise:
+        return Verdict.STALLED
+    return Verdict.RUNNING
+
+
 def gate_check(phase: Phase):
     """`should_stop` of one phase's `train` call, asked after each held-out evaluation: logs the figures and ends
-    the phase once its gate is open (never for an ungated phase). `train` then keeps exactly the weights that
-    passed and marks the phase's `last/` stopped, so a rerun of an interrupted bootstrap skips a finished phase."""
+    the phase once its gate is open or it has stalled (never for an ungated phase). `train` then keeps exactly those
+    weights and marks the phase's `last/` stopped, so a rerun of an interrupted bootstrap skips a finished attempt.
+    After a resume in mid-phase the stall window starts again at the first evaluation after it."""
+    seen: list[tuple[int, float]] = []
 
     def should_stop(step: int, metrics: Mapping[str, float]) -> bool:
         log.info("bootstrap %s step %d: %s", phase.name, step, {k: round(v, 3) for k, v in metrics.items()})
-        return phase.gate is not None and metrics[phase.gate.metric] >= phase.gate.threshold
+        if phase.gate is not None:
+            seen.append((step, metrics[phase.gate.metric]))
+        return gate_verdict(phase.gate, seen) is not Verdict.RUNNING
 
     return should_stop
+
+
+def phase_verdict(phase: Phase, stopped: bool, metrics: Mapping[str, float]) -> Verdict:
+    """The verdict on a finished `train` call of `phase` (also one resumed already stopped, whose evaluations this
+    process never saw): a stop below the gate can only be a stall."""
+    if phase.gate is None:
+        return Verdict.OPEN
+    if not stopped:
+        return Verdict.OPEN if metrics[phase.gate.metric] >= phase.gate.threshold else Verdict.MISSED
+    return Verdict.OPEN if metrics[phase.gate.metric] >= phase.gate.threshold else Verdict.STALLED
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -412,23 +456,37 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     for k, phase in enumerate(phases):
         t_phase = time.perf_counter()
         names = ([phase.gate.metric] if phase.gate else []) + (["ground_event_acc"] if phase.uses_frames else [])
-        cfg = TrainConfig(lr=phase.lr or s.lr, epochs=1, batch_size=s.batch_size, micro_batch=s.batch_size,
-                          weight_decay=s.weight_decay,
-                          warmup_steps=min(s.warmup_steps if k == 0 else s.phase_warmup_steps, phase.steps),
-                          min_lr_ratio=1.0 if phase.gate is not None else 0.0, grad_clip=s.grad_clip,
-                          checkpoint_every=s.gate_every, eval_every=s.gate_every, seed=s.seed + k, progress=progress)
-        data = PhaseData(phase, phase.steps * s.batch_size, s.seed, pools)
         model.t5.requires_grad_(phase.train_t5)
-        result = train(model, data, loss_fn, cfg, work / run_id / f"{k}_{phase.name}", collate_fn=collate_examples,
-                       eval_fn=lambda m, names=names: held(m, names), should_stop=gate_check(phase), device="cpu")
-        steps, metrics = result.step, result.final_metrics
-        gate_open = phase.gate is None or result.stopped
+        first_weights = copy.deepcopy(model.state_dict())  # what a stalled attempt restarts from (a tiny model)
+        steps = 0
+        for attempt in range(s.restarts + 1):
+            # attempt a > 0: other data order and dropout draws, same phase; its own folder, so a rerun resumes it
+            cfg = TrainConfig(lr=phase.lr or s.lr, epochs=1, batch_size=s.batch_size, micro_batch=s.batch_size,
+                              weight_decay=s.weight_decay,
+                              warmup_steps=min(s.warmup_steps if k == 0 else s.phase_warmup_steps, phase.steps),
+                              min_lr_ratio=1.0 if phase.gate is not None else 0.0, grad_clip=s.grad_clip,
+                              checkpoint_every=s.gate_every, eval_every=s.gate_every, seed=s.seed + k + 7919 * attempt,
+                              progress=progress)
+            data = PhaseData(phase, phase.steps * s.batch_size, s.seed + 7919 * attempt, pools)
+            folder = f"{k}_{phase.name}" + (f"_restart{attempt}" if attempt else "")
+            result = train(model, data, loss_fn, cfg, work / run_id / folder, collate_fn=collate_examples,
+                           eval_fn=lambda m, names=names: held(m, names), should_stop=gate_check(phase), device="cpu")
+            steps, metrics = steps + result.step, result.final_metrics
+            verdict = phase_verdict(phase, result.stopped, metrics)
+            if verdict is not Verdict.STALLED or attempt == s.restarts:
+                break
+            log.warning("bootstrap phase %s stalled: %s %.3f after %d steps, no rise of %.2f over its first "
+                        "evaluation; restarting it from its first weights with other data (restart %d of %d)",
+                        phase.name, phase.gate.metric, metrics[phase.gate.metric], result.step,
+                        phase.gate.stall_rise, attempt + 1, s.restarts)
+            model.load_state_dict(first_weights)
         done += steps
+        gate_open = verdict is Verdict.OPEN
         if not gate_open:
-            log.warning("bootstrap phase %s used all %d steps without reaching %s >= %.2f (%.3f)", phase.name,
-                        phase.steps, phase.gate.metric, phase.gate.threshold, metrics[phase.gate.metric])
+            log.warning("bootstrap phase %s ended %s without reaching %s >= %.2f (%.3f)", phase.name, verdict.value,
+                        phase.gate.metric, phase.gate.threshold, metrics[phase.gate.metric])
         history.append({"phase": phase.name, "steps": steps, "seconds": round(time.perf_counter() - t_phase, 1),
-                        "gate_open": gate_open, **metrics})
+                        "gate_open": gate_open, "restarts": attempt, **metrics})
         log.info("bootstrap phase %s: %s", phase.name, history[-1])
         bar.update(1)
         bar.set_postfix(phase=phase.name, steps=done)
@@ -443,6 +501,7 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     metrics: dict[str, float] = {"train_seconds": round(train_seconds, 1), "setup_seconds": round(setup_seconds, 1),
                                  "steps": float(done), "gates_missed": float(sum(not h["gate_open"] for h in history))}
     metrics |= {f"steps_{h['phase']}": float(h["steps"]) for h in history}
+    metrics["restarts"] = float(sum(h["restarts"] for h in history))
     metrics |= {f"val_{k}": v for k, v in held(model, held.names).items()}
     metrics |= {f"val_{k}": v for k, v in single_frame_accuracy(model, val_table, val_recs).items()}
     metrics["eval_seconds"] = round(time.perf_counter() - t_start - train_seconds, 1)

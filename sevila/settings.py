@@ -200,6 +200,9 @@ class BootstrapSettings:
     late_lr: float = 1e-3  # learning rate from phase 4 on (the circuit exists; keep it)
     gate_every: int = 100  # a gated phase evaluates its gate every gate_every steps
     gate: float = 0.85  # held-out accuracy that opens each gate
+    stall_steps: int = 1200  # questions phase: stalled if text_acc has not risen stall_rise within this many steps
+    stall_rise: float = 0.1  # ... of its first evaluation; a stalled phase restarts from its first weights
+    restarts: int = 2  # restarts a stalled phase gets (other data order each time) before it counts as missed
     frames_per_video: int = 48  # frames decoded per training video (GROUND on all, QA on those in the event)
     n_eval_frames: int = 32  # frames per validation video for the single-frame accuracies
     n_text_metas: int = 4000  # world metadata sampled for TEXT_QA (text only)
@@ -210,11 +213,11 @@ class BootstrapSettings:
             raise InvalidSetting(name, getattr(self, name), why)
 
         for name in ("vocab_size", "image_size", "d_model", "t5_heads", "t5_layers", "batch_size",
-                     "gate_every", "frames_per_video", "n_eval_frames", "n_text_metas", "n_eval_text"):
+                     "gate_every", "frames_per_video", "n_eval_frames", "n_text_metas", "n_eval_text", "stall_steps"):
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         for name in ("vocab_steps", "match_steps", "options_steps", "questions_steps", "context_steps", "see_steps",
-                     "frames_steps", "warmup_steps", "phase_warmup_steps"):
+                     "frames_steps", "warmup_steps", "phase_warmup_steps", "restarts"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.d_model % self.t5_heads:
@@ -226,6 +229,8 @@ class BootstrapSettings:
             bad("weight_decay", "must be >= 0")
         if not 0.0 < self.gate <= 1.0:
             bad("gate", "must be in (0, 1]")
+        if not 0.0 < self.stall_rise <= 1.0:
+            bad("stall_rise", "must be in (0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,9 +21,10 @@ import yaml
 
 from sevila import bootstrap as boot
 from sevila import prompts
-from sevila.bootstrap import (BootstrapLoss, BootstrapSettings, HeldOut, bootstrap_backbone, choice_accuracy,
-                              curriculum, ground_accuracy, ground_loss, slot_ids, text_inputs, world_model_config,
-                              yes_no_accuracy, _metas_by_video, _world_tokenizer_texts)
+from sevila.bootstrap import (BootstrapLoss, BootstrapSettings, HeldOut, Verdict, bootstrap_backbone, choice_accuracy,
+                              curriculum, gate_verdict, ground_accuracy, ground_loss, phase_verdict, slot_ids,
+                              text_inputs, world_model_config, yes_no_accuracy, _metas_by_video,
+                              _world_tokenizer_texts)
 from sevila.bootstrap_examples import (EMPTY_SLOTS, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET, Gate, Phase, PhaseData,
                                        Pools, Task, TaskSpec, event_frame_pool, event_rows, event_slots,
                                        frame_match_example, frame_qa_example, frame_qa_pool, frames_text,
@@ -426,7 +427,7 @@ def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, me
     assert {t.task for t in phases[6].mix} == {Task.FRAME_QA, Task.FRAME_MATCH, Task.GROUND}
     assert [p.train_t5 for p in phases] == [True] * 5 + [False, False]
     assert [p.gate for p in phases] == [None, Gate("match2_acc", 0.8), Gate("match_acc", 0.8),
-                                        Gate("text_acc", 0.8), Gate("multi_acc", 0.8), None,
+                                        Gate("text_acc", 0.8, s.stall_steps, s.stall_rise), Gate("multi_acc", 0.8), None,
                                         Gate("frame_qa_acc", 0.8)]
     assert [p.lr for p in phases] == [None, None, None, s.late_lr, s.late_lr, None, s.late_lr]
     # every gate reads a metric the held-out evaluation computes
@@ -680,3 +681,57 @@ def test_bootstrap_saves_a_complete_frozen_model_with_twin_modules(world, tmp_pa
     tok = model.tokenizer
     for text in ("Option C", "big red circle.", prompts.answerer_prompt("what colour is the big shape?", ["red."])):
         assert tok.decode(tok(text).input_ids, skip_special_tokens=True) == text
+
+
+# ------------------------------------------------------------------------------------------- stalls and restarts
+
+
+@pytest.mark.parametrize("seen, verdict", [
+    ([], Verdict.RUNNING),
+    ([(100, 0.2), (500, 0.86)], Verdict.OPEN),  # the gate opens, whatever the stall rule says
+    ([(100, 0.2), (1200, 0.29)], Verdict.RUNNING),  # 1,100 steps after the first evaluation: not yet judged
+    ([(100, 0.2), (700, 0.25), (1300, 0.29)], Verdict.STALLED),  # 1,200 steps on, never 0.1 above 0.2
+    ([(100, 0.2), (700, 0.31), (1300, 0.29)], Verdict.RUNNING),  # it rose once (0.31 >= 0.3): a climb, not a stall
+    ([(1100, 0.2), (2300, 0.2)], Verdict.STALLED),  # after a resume the window starts at its first evaluation
+])
+def test_gate_verdict(seen, verdict):
+    assert gate_verdict(Gate("text_acc", 0.85, stall_steps=1200, stall_rise=0.1), seen) is verdict
+
+
+def test_gate_verdict_without_a_stall_rule_never_stalls():
+    assert gate_verdict(Gate("match_acc", 0.85), [(100, 0.2), (5000, 0.2)]) is Verdict.RUNNING
+    assert gate_verdict(None, [(100, 1.0)]) is Verdict.RUNNING  # an ungated phase runs its steps
+
+
+def test_phase_verdict_reads_a_stop_below_the_gate_as_a_stall():
+    phase = Phase("questions", 10, (TaskSpec(Task.TEXT_QA),), Gate("text_acc", 0.85, stall_steps=5))
+    assert phase_verdict(phase, True, {"text_acc": 0.9}) is Verdict.OPEN
+    assert phase_verdict(phase, True, {"text_acc": 0.2}) is Verdict.STALLED  # also a resumed, already stopped attempt
+    assert phase_verdict(phase, False, {"text_acc": 0.2}) is Verdict.MISSED
+    assert phase_verdict(dataclasses.replace(phase, gate=None), False, {}) is Verdict.OPEN
+
+
+def test_a_stalled_phase_restarts_from_its_first_weights_with_other_data(world, tmp_path, monkeypatch):
+    # a rise of 1.0 is impossible: the questions phase stalls at its second evaluation, every attempt
+    settings = dataclasses.replace(TINY, stall_steps=1, stall_rise=1.0, restarts=2, see_steps=0, frames_steps=0)
+    starts, data, folders = [], [], []
+    real_train = boot.train
+
+    def spy(model, dataset, loss_fn, cfg, out_dir, **kw):
+        if out_dir.name.startswith("3_questions"):
+            starts.append({k: v.clone() for k, v in model.state_dict().items()})
+            data.append([dataset[i].prompt for i in range(4)])
+            folders.append(out_dir.name)
+        return real_train(model, dataset, loss_fn, cfg, out_dir, **kw)
+
+    monkeypatch.setattr(boot, "train", spy)
+    metrics = bootstrap_backbone(world.paths.world, world.paths.processed, tmp_path / "backbone", settings,
+                                 progress=False)
+    assert folders == ["3_questions", "3_questions_restart1", "3_questions_restart2"]
+    assert all(torch.equal(v, starts[0][k]) for s in starts[1:] for k, v in s.items())  # the phase's first weights
+    assert data[0] != data[1] != data[2]  # ... with another data order each time
+    assert metrics["restarts"] == 2 and metrics["steps_questions"] == 3 * 2  # two steps per attempt
+    phases = read_header(tmp_path / "backbone").run_config["phases"]
+    questions = next(h for h in phases if h["phase"] == "questions")
+    assert questions["restarts"] == 2 and questions["gate_open"] is False  # still stalled: it counts as missed
+    assert all(h["restarts"] == 0 for h in phases if h["phase"] != "questions")
