@@ -37,11 +37,13 @@ steps when trained on five-option QA directly). A curriculum breaks it: two-opti
 words (the plateau breaks after ~300-1000 steps of 64 examples, varying with the seed), 2-5 options, the questions
 on one frame, then on several frames with yes/no; then the T5 is frozen and the vision is aligned to it (GROUND),
 then tuned on event-frame questions. The phases are GATED: each ends as soon as its held-out accuracy passes the
-gate (`Gate`), so a lucky seed does not wait and an unlucky one is not moved on before the circuit exists. A phase
-whose gate has a stall rule (the one-frame questions, seen to sit at chance for 2,300 steps on one seed's float path
-while the same seed on another climbed from step ~300) is restarted from its first weights with another data order
-when it has not risen within `stall_steps` (`gate_verdict`), up to `restarts` times: a plateau is a property of one
-trajectory, and a fresh draw is cheaper than waiting it out. Easier
+gate (`Gate`), so a lucky seed does not wait and an unlucky one is not moved on before the circuit exists.
+RESTARTS: a gated phase that misses its gate, or stalls (the one-frame questions have a stall rule: not risen within
+`stall_steps`, `gate_verdict`), restarts the whole bootstrap from other initial weights with another data order, up
+to `restarts` times. How a run goes is a property of one chaotic trajectory, not of the seed: seed 2 on two threads
+sat on the `match` plateau for 1,500 steps, was at 0.47 when `options` ran out, and its questions then stayed at
+chance, where the same seed on one thread passed `options` in 1,200 steps and climbed through its questions. A
+failing attempt fails early (minutes), so a fresh draw is cheaper than waiting a plateau out. Easier
 tasks stay in every later mix: dropping them right after the plateau breaks was seen to make the young circuit
 collapse back to chance.
 
@@ -54,7 +56,6 @@ this module holds the curriculum, the losses, the held-out accuracies and the ru
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import enum
 import hashlib
@@ -285,7 +286,7 @@ class Verdict(str, enum.Enum):
 
     RUNNING = "running"  # train on
     OPEN = "open"  # the gate opened: next phase
-    STALLED = "stalled"  # no rise within the gate's stall_steps: restart the phase from its first weights
+    STALLED = "stalled"  # no rise within the gate's stall_steps: stop (the bootstrap restarts)
     MISSED = "missed"  # the budget ran out below the gate (after training, never while it runs)
 
 
@@ -395,6 +396,52 @@ class HeldOut:
         return (*self.sets, *self.ground)
 
 
+#: Seed offset of each restart of the bootstrap (a prime, so restarts never reuse a phase's seed).
+RESTART_SEED = 7919
+
+
+def run_phases(model: SeViLA, phases: Sequence[Phase], s: BootstrapSettings, attempt: int, pools: Pools,
+               held: HeldOut, loss_fn, work: Path, *, stop_at_failure: bool, progress: bool
+               ) -> tuple[list[dict[str, Any]], int]:
+    """One attempt at the curriculum: each phase trained in turn (its checkpoints under `work`, so an interrupted
+    run resumes), until the end or, with `stop_at_failure`, the first gated phase that stalls or misses its gate.
+    Returns the phases' history (one dict each) and the optimizer steps taken."""
+    history, done = [], 0
+    root = work if attempt == 0 else work / f"restart{attempt}"
+    bar = tqdm(total=len(phases), desc=f"bootstrap phases{f' (restart {attempt})' if attempt else ''}",
+               disable=not progress)
+    for k, phase in enumerate(phases):
+        t_phase = time.perf_counter()
+        names = ([phase.gate.metric] if phase.gate else []) + (["ground_event_acc"] if phase.uses_frames else [])
+        seed = s.seed + RESTART_SEED * attempt
+        cfg = TrainConfig(lr=phase.lr or s.lr, epochs=1, batch_size=s.batch_size, micro_batch=s.batch_size,
+                          weight_decay=s.weight_decay,
+                          warmup_steps=min(s.warmup_steps if k == 0 else s.phase_warmup_steps, phase.steps),
+                          min_lr_ratio=1.0 if phase.gate is not None else 0.0, grad_clip=s.grad_clip,
+                          checkpoint_every=s.gate_every, eval_every=s.gate_every, seed=seed + k, progress=progress)
+        data = PhaseData(phase, phase.steps * s.batch_size, seed, pools)
+        model.t5.requires_grad_(phase.train_t5)
+        result = train(model, data, loss_fn, cfg, root / f"{k}_{phase.name}", collate_fn=collate_examples,
+                       eval_fn=lambda m, names=names: held(m, names), should_stop=gate_check(phase), device="cpu")
+        metrics = result.final_metrics
+        verdict = phase_verdict(phase, result.stopped, metrics)
+        done += result.step
+        entry = {"phase": phase.name, "attempt": attempt, "steps": result.step, "verdict": verdict.value,
+                 "seconds": round(time.perf_counter() - t_phase, 1), "gate_open": verdict is Verdict.OPEN,
+                 "gate": phase.gate.metric if phase.gate else None, **metrics}
+        history.append(entry)
+        log.info("bootstrap phase %s: %s", phase.name, entry)
+        bar.update(1)
+        bar.set_postfix(phase=phase.name, steps=done)
+        if verdict is not Verdict.OPEN:
+            log.warning("bootstrap phase %s ended %s without reaching %s >= %.2f (%.3f)", phase.name, verdict.value,
+                        phase.gate.metric, phase.gate.threshold, metrics[phase.gate.metric])
+            if stop_at_failure:
+                break
+    bar.close()
+    return history, done
+
+
 def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: str | Path,
                        settings: BootstrapSettings = BootstrapSettings(), *, work_dir: str | Path | None = None,
                        progress: bool = True) -> dict[str, float]:
@@ -432,14 +479,8 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
         shutil.rmtree(tok_dir, ignore_errors=True)
         tok = build_tiny_tokenizer(_world_tokenizer_texts(train_recs, text_pool), tok_dir, s.vocab_size)
 
-    torch.manual_seed(s.seed)
     config = world_model_config(len(tok), s.image_size, d_model=s.d_model, t5_heads=s.t5_heads,
                                 t5_layers=s.t5_layers)
-    model = SeViLA(config, tok)
-    model.vision.requires_grad_(True)
-    model.t5.requires_grad_(True)
-    model.set_trainable(localizer=False, answerer=True)
-
     video_root = world_dir / "videos"
     train_table = load_frame_table(video_root, [r.video for r in train_recs], s.frames_per_video, s.image_size)
     val_table = load_frame_table(video_root, [r.video for r in val_recs], s.n_eval_frames, s.image_size)
@@ -452,45 +493,24 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     history: list[dict[str, Any]] = []
     done = 0
     phases = [p for p in curriculum(s) if p.steps > 0]
-    bar = tqdm(total=len(phases), desc="bootstrap phases", disable=not progress)
-    for k, phase in enumerate(phases):
-        t_phase = time.perf_counter()
-        names = ([phase.gate.metric] if phase.gate else []) + (["ground_event_acc"] if phase.uses_frames else [])
-        model.t5.requires_grad_(phase.train_t5)
-        first_weights = copy.deepcopy(model.state_dict())  # what a stalled attempt restarts from (a tiny model)
-        steps = 0
-        for attempt in range(s.restarts + 1):
-            # attempt a > 0: other data order and dropout draws, same phase; its own folder, so a rerun resumes it
-            cfg = TrainConfig(lr=phase.lr or s.lr, epochs=1, batch_size=s.batch_size, micro_batch=s.batch_size,
-                              weight_decay=s.weight_decay,
-                              warmup_steps=min(s.warmup_steps if k == 0 else s.phase_warmup_steps, phase.steps),
-                              min_lr_ratio=1.0 if phase.gate is not None else 0.0, grad_clip=s.grad_clip,
-                              checkpoint_every=s.gate_every, eval_every=s.gate_every, seed=s.seed + k + 7919 * attempt,
-                              progress=progress)
-            data = PhaseData(phase, phase.steps * s.batch_size, s.seed + 7919 * attempt, pools)
-            folder = f"{k}_{phase.name}" + (f"_restart{attempt}" if attempt else "")
-            result = train(model, data, loss_fn, cfg, work / run_id / folder, collate_fn=collate_examples,
-                           eval_fn=lambda m, names=names: held(m, names), should_stop=gate_check(phase), device="cpu")
-            steps, metrics = steps + result.step, result.final_metrics
-            verdict = phase_verdict(phase, result.stopped, metrics)
-            if verdict is not Verdict.STALLED or attempt == s.restarts:
-                break
-            log.warning("bootstrap phase %s stalled: %s %.3f after %d steps, no rise of %.2f over its first "
-                        "evaluation; restarting it from its first weights with other data (restart %d of %d)",
-                        phase.name, phase.gate.metric, metrics[phase.gate.metric], result.step,
-                        phase.gate.stall_rise, attempt + 1, s.restarts)
-            model.load_state_dict(first_weights)
+    for attempt in range(s.restarts + 1):
+        # a restart is a fresh draw of the whole trajectory: other initial weights, data order and dropout
+        torch.manual_seed(s.seed + RESTART_SEED * attempt)
+        model = SeViLA(config, tok)
+        model.vision.requires_grad_(True)
+        model.t5.requires_grad_(True)
+        model.set_trainable(localizer=False, answerer=True)
+        last = attempt == s.restarts
+        tried, steps = run_phases(model, phases, s, attempt, pools, held, loss_fn, work / run_id,
+                                  stop_at_failure=not last, progress=progress)
+        history += tried
         done += steps
-        gate_open = verdict is Verdict.OPEN
-        if not gate_open:
-            log.warning("bootstrap phase %s ended %s without reaching %s >= %.2f (%.3f)", phase.name, verdict.value,
-                        phase.gate.metric, phase.gate.threshold, metrics[phase.gate.metric])
-        history.append({"phase": phase.name, "steps": steps, "seconds": round(time.perf_counter() - t_phase, 1),
-                        "gate_open": gate_open, "restarts": attempt, **metrics})
-        log.info("bootstrap phase %s: %s", phase.name, history[-1])
-        bar.update(1)
-        bar.set_postfix(phase=phase.name, steps=done)
-    bar.close()
+        failed = next((h for h in tried if not h["gate_open"]), None)
+        if failed is None or last:
+            break
+        log.warning("bootstrap attempt %d: phase %s ended %s (%s %.3f < %.2f); restarting the bootstrap from new "
+                    "weights with another data order (restart %d of %d)", attempt, failed["phase"],
+                    failed["verdict"], failed["gate"], failed[failed["gate"]], s.gate, attempt + 1, s.restarts)
     train_seconds = time.perf_counter() - t_start
 
     # SeViLA starts both Q-Formers from BLIP-2's: the trained Answerer bridge goes into the Localizer slot too.
@@ -499,9 +519,11 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     model.set_trainable(localizer=False, answerer=False)
     model.eval()
     metrics: dict[str, float] = {"train_seconds": round(train_seconds, 1), "setup_seconds": round(setup_seconds, 1),
-                                 "steps": float(done), "gates_missed": float(sum(not h["gate_open"] for h in history))}
-    metrics |= {f"steps_{h['phase']}": float(h["steps"]) for h in history}
-    metrics["restarts"] = float(sum(h["restarts"] for h in history))
+                                 "steps": float(done), "gates_missed": float(sum(not h["gate_open"] for h in history
+                                                          if h["attempt"] == history[-1]["attempt"]))}
+    for h in history:  # every attempt's steps count (they were all spent)
+        metrics[f"steps_{h['phase']}"] = metrics.get(f"steps_{h['phase']}", 0.0) + float(h["steps"])
+    metrics["restarts"] = float(history[-1]["attempt"])
     metrics |= {f"val_{k}": v for k, v in held(model, held.names).items()}
     metrics |= {f"val_{k}": v for k, v in single_frame_accuracy(model, val_table, val_recs).items()}
     metrics["eval_seconds"] = round(time.perf_counter() - t_start - train_seconds, 1)

@@ -76,10 +76,10 @@ class Gate:
     """Advance past a phase once `metric` (an evaluation key) reaches `threshold` on held-out examples.
 
     With `stall_steps`, a phase whose metric has not risen `stall_rise` above its first evaluation within `stall_steps`
-    steps of it is STALLED (`sevila.bootstrap.gate_verdict`):
-    it stops and restarts from its first weights with other data (`sevila.bootstrap`), rather than spending its
-    whole budget on a plateau that, for some float paths, does not break (issue 10: one seed's one-frame text QA sat
-    at chance, 0.18-0.24, through 2,300 steps, where another machine's run of it climbed from step ~300)."""
+    steps of it is STALLED (`sevila.bootstrap.gate_verdict`): it stops there, and the bootstrap restarts
+    (`sevila.bootstrap`) rather than spend the phase's whole budget on a plateau that, on some float paths, does not
+    break (issue 10: one seed's one-frame text QA sat at chance, 0.18-0.24, through 2,300 steps, where the same seed
+    on one thread climbed from step ~300)."""
 
     metric: str
     threshold: float

@@ -201,8 +201,8 @@ class BootstrapSettings:
     gate_every: int = 100  # a gated phase evaluates its gate every gate_every steps
     gate: float = 0.85  # held-out accuracy that opens each gate
     stall_steps: int = 1200  # questions phase: stalled if text_acc has not risen stall_rise within this many steps
-    stall_rise: float = 0.1  # ... of its first evaluation; a stalled phase restarts from its first weights
-    restarts: int = 2  # restarts a stalled phase gets (other data order each time) before it counts as missed
+    stall_rise: float = 0.1  # ... of its first evaluation
+    restarts: int = 2  # fresh draws of the whole bootstrap after a gated phase stalls or misses its gate
     frames_per_video: int = 48  # frames decoded per training video (GROUND on all, QA on those in the event)
     n_eval_frames: int = 32  # frames per validation video for the single-frame accuracies
     n_text_metas: int = 4000  # world metadata sampled for TEXT_QA (text only)

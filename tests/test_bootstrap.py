@@ -620,7 +620,7 @@ def test_params_yaml_bootstrap_section_builds():
 TINY = BootstrapSettings(d_model=16, t5_heads=2, vocab_size=256, batch_size=8, vocab_steps=2, match_steps=2,
                          options_steps=2, questions_steps=2, context_steps=2, see_steps=2, frames_steps=2,
                          warmup_steps=1, phase_warmup_steps=1, gate_every=1, frames_per_video=N_FRAMES, n_eval_frames=16,
-                         n_text_metas=20, n_eval_text=10)
+                         n_text_metas=20, n_eval_text=10, restarts=0)  # a tiny run misses its gates: no restarts
 PHASES = ["vocab", "match", "options", "questions", "context", "see", "frames"]
 
 
@@ -711,27 +711,39 @@ def test_phase_verdict_reads_a_stop_below_the_gate_as_a_stall():
     assert phase_verdict(dataclasses.replace(phase, gate=None), False, {}) is Verdict.OPEN
 
 
-def test_a_stalled_phase_restarts_from_its_first_weights_with_other_data(world, tmp_path, monkeypatch):
-    # a rise of 1.0 is impossible: the questions phase stalls at its second evaluation, every attempt
-    settings = dataclasses.replace(TINY, stall_steps=1, stall_rise=1.0, restarts=2, see_steps=0, frames_steps=0)
+def test_a_stalled_phase_restarts_the_bootstrap_from_new_weights_with_other_data(world, tmp_path, monkeypatch):
+    # every other gate opens at once (0.01); the questions' cannot (1.0) and a rise of 1.0 is impossible, so the
+    # questions phase stalls at its second evaluation in every attempt
+    settings = dataclasses.replace(TINY, gate=0.01, stall_steps=1, stall_rise=1.0, restarts=2, see_steps=0,
+                                   frames_steps=0)
+    real_curriculum, real_train = boot.curriculum, boot.train
+
+    def curriculum(s):
+        return tuple(dataclasses.replace(p, gate=Gate("text_acc", 1.0, 1, 1.0)) if p.name == "questions" else p
+                     for p in real_curriculum(s))
+
     starts, data, folders = [], [], []
-    real_train = boot.train
 
     def spy(model, dataset, loss_fn, cfg, out_dir, **kw):
-        if out_dir.name.startswith("3_questions"):
+        if out_dir.name == "0_vocab":
             starts.append({k: v.clone() for k, v in model.state_dict().items()})
+        if out_dir.name == "3_questions":
             data.append([dataset[i].prompt for i in range(4)])
-            folders.append(out_dir.name)
+            folders.append(out_dir.parent.name)
         return real_train(model, dataset, loss_fn, cfg, out_dir, **kw)
 
+    monkeypatch.setattr(boot, "curriculum", curriculum)
     monkeypatch.setattr(boot, "train", spy)
     metrics = bootstrap_backbone(world.paths.world, world.paths.processed, tmp_path / "backbone", settings,
                                  progress=False)
-    assert folders == ["3_questions", "3_questions_restart1", "3_questions_restart2"]
-    assert all(torch.equal(v, starts[0][k]) for s in starts[1:] for k, v in s.items())  # the phase's first weights
-    assert data[0] != data[1] != data[2]  # ... with another data order each time
-    assert metrics["restarts"] == 2 and metrics["steps_questions"] == 3 * 2  # two steps per attempt
+    run_id = boot._run_id(settings, Path(world.paths.world), Path(world.paths.processed))
+    assert folders == [run_id, "restart1", "restart2"]  # each attempt in its own folder: a rerun resumes it
+    assert len(starts) == 3 and all(any(not torch.equal(v, a[k]) for k, v in b.items())
+                                    for a, b in [(starts[0], starts[1]), (starts[1], starts[2])])  # new weights
+    assert data[0] != data[1] != data[2]  # ... and another data order
+    assert metrics["restarts"] == 2 and metrics["steps_questions"] == 3 * 2  # two steps per attempt, all counted
+    assert metrics["gates_missed"] == 1  # the last attempt's questions
     phases = read_header(tmp_path / "backbone").run_config["phases"]
-    questions = next(h for h in phases if h["phase"] == "questions")
-    assert questions["restarts"] == 2 and questions["gate_open"] is False  # still stalled: it counts as missed
-    assert all(h["restarts"] == 0 for h in phases if h["phase"] != "questions")
+    assert [(h["attempt"], h["phase"]) for h in phases] == [
+        (a, p) for a in (0, 1) for p in PHASES[:4]] + [(2, p) for p in PHASES[:5]]  # the last attempt goes on
+    assert [h["verdict"] for h in phases if h["phase"] == "questions"] == ["stalled"] * 3
