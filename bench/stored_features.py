@@ -12,13 +12,14 @@ One process, one model, the same clips, so the ratios do not depend on the machi
   same batch held, and against one Localizer training step on that batch (forward + backward of `localizer_loss`),
   which is what the read is added to.
 
-The model has BLIP-2's feature shape per frame (224 px, 14 px patches: 257 tokens) at width 256 and one ViT layer
-(the ViT's depth changes how long the cache takes to fill, not what is measured).
+The model is bench/forward_chain.py's (BLIP-2's feature shape per frame: 224 px, 14 px patches, 257 tokens; width
+256) with one ViT layer: the ViT's depth changes how long the cache takes to fill, not what is measured.
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import gc
 import json
 import platform
@@ -40,6 +41,7 @@ from sevila.data.synth import world_text  # noqa: E402
 from sevila.data.synth_render import write_mp4  # noqa: E402
 from sevila.features import FeatureCache, iter_clip_features  # noqa: E402
 from sevila.io import atomic_write_json  # noqa: E402
+from bench.forward_chain import small_config  # noqa: E402
 from sevila.model import SeViLA, SeViLAConfig  # noqa: E402
 from sevila.tokenizer import build_tiny_tokenizer  # noqa: E402
 
@@ -47,16 +49,9 @@ BATCH = 8
 
 
 def bench_config(vocab_size: int) -> SeViLAConfig:
-    return SeViLAConfig(
-        vision=dict(hidden_size=256, intermediate_size=512, num_hidden_layers=1, num_attention_heads=4, patch_size=14,
-                    hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True),
-        qformer=dict(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
-                     hidden_act="gelu", layer_norm_eps=1e-12, cross_attention_frequency=2),
-        t5=dict(vocab_size=vocab_size, d_model=256, d_kv=64, d_ff=512, num_layers=2, num_decoder_layers=2,
-                num_heads=4, relative_attention_num_buckets=32, relative_attention_max_distance=128,
-                feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
-                decoder_start_token_id=0),
-        n_query=32, max_text_len=77, image_size=224)
+    """bench/forward_chain.py's model with one ViT layer (the ViT only fills the cache here)."""
+    config = small_config(vocab_size)
+    return dataclasses.replace(config, vision=dict(config.vision, num_hidden_layers=1))
 
 
 def rss_bytes() -> int:
