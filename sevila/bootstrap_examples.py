@@ -85,6 +85,7 @@ class Gate:
     threshold: float
     stall_steps: int | None = None
     stall_rise: float = 0.1
+    restart: bool = True  # missing or stalling restarts the bootstrap; False: a miss is logged and counted only
 
 
 @dataclass(frozen=True)

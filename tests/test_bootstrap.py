@@ -428,7 +428,7 @@ def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, me
     assert [p.train_t5 for p in phases] == [True] * 5 + [False, False]
     assert [p.gate for p in phases] == [None, Gate("match2_acc", 0.8), Gate("match_acc", 0.8),
                                         Gate("text_acc", 0.8, s.stall_steps, s.stall_rise), Gate("multi_acc", 0.8), None,
-                                        Gate("frame_qa_acc", 0.8)]
+                                        Gate("frame_qa_acc", 0.8, restart=False)]
     assert [p.lr for p in phases] == [None, None, None, s.late_lr, s.late_lr, None, s.late_lr]
     # every gate reads a metric the held-out evaluation computes
     val_recs = read_records(f"{world.paths.processed}/val.jsonl")
@@ -747,3 +747,20 @@ def test_a_stalled_phase_restarts_the_bootstrap_from_new_weights_with_other_data
     assert [(h["attempt"], h["phase"]) for h in phases] == [
         (a, p) for a in (0, 1) for p in PHASES[:4]] + [(2, p) for p in PHASES[:5]]  # the last attempt goes on
     assert [h["verdict"] for h in phases if h["phase"] == "questions"] == ["stalled"] * 3
+
+
+def test_a_missed_frames_gate_does_not_restart_the_bootstrap(world, tmp_path, monkeypatch):
+    # the last vision phase's gate only ends it early: missing it leaves the frozen T5 and the run as they are
+    settings = dataclasses.replace(TINY, gate=0.01, restarts=2)
+    real_curriculum = boot.curriculum
+
+    def curriculum(s):
+        return tuple(dataclasses.replace(p, gate=dataclasses.replace(p.gate, threshold=1.01)) if p.name == "frames"
+                     else p for p in real_curriculum(s))
+
+    monkeypatch.setattr(boot, "curriculum", curriculum)
+    metrics = bootstrap_backbone(world.paths.world, world.paths.processed, tmp_path / "backbone", settings,
+                                 progress=False)
+    assert (metrics["restarts"], metrics["gates_missed"]) == (0, 1)
+    phases = read_header(tmp_path / "backbone").run_config["phases"]
+    assert [h["phase"] for h in phases] == PHASES and phases[-1]["verdict"] == "missed"
