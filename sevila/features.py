@@ -485,7 +485,7 @@ class ClipFeatures:
     stored: StoredFeatures | None = None  # where `features` can be read back from (None: no cache folder)
 
     @property
-    def held(self):
+    def held(self) -> torch.Tensor | StoredFeatures:
         """What an item should keep: the stored reference when there is one, else the tensor itself."""
         return self.stored if self.stored is not None else self.features
 
