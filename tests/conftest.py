@@ -45,7 +45,8 @@ TINY_TRAIN = {"lr": 1e-3, "epochs": 1, "batch_size": 4, "micro_batch": 4, "check
 def tiny_settings(root: Path) -> dict:
     """The tiny project's params.yaml sections (tiny world, 8 -> 2 frames, tiny training) under `root`."""
     return {
-        "paths": {k: str(root / k) for k in ("world", "processed", "reports", "models", "runs")},
+        # records land in <data>/processed/synth, the path dvc.yaml derives (paths.processed left null)
+        "paths": {k: str(root / k) for k in ("data", "world", "reports", "models", "runs")},
         "world": {"videos": 6, "seed": 5, "fps": 4, "size": 32},
         "model": {"weights": str(root / "models" / "backbone")},
         "frames": {"n_frames": 8, "n_keyframes": 2, "cache": str(root / "features")},

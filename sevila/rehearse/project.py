@@ -76,7 +76,6 @@ def overrides(files: BenchmarkFiles, weights: Path, project: Path) -> list[str]:
             _setting("evaluate.variants", VARIANTS)]
     root = project.resolve()
     out += [_setting(f"paths.{k}", root / k) for k in ("data", "reports", "models", "runs")]
-    out.append(_setting("paths.processed", root / "data" / "processed" / name))  # a benchmark's records folder
     out.append(_setting("frames.cache", root / "data" / "features"))
     return out
 
