@@ -87,7 +87,8 @@ def build_items(cache: FeatureCache, recs, root: Path, n_frames: int, keep: str)
     release_freed()
     before = rss_bytes()
     items = [{"features": getattr(c, keep), "prompt": prompts.qvh_localizer_prompt("what is shown"),
-              "labels": torch.zeros(n_frames, dtype=torch.bool)} for c in iter_clip_features(cache, recs, root, n_frames)]
+              "labels": torch.zeros(n_frames, dtype=torch.bool)}
+             for c in iter_clip_features(cache, recs, root, n_frames)]
     release_freed()
     return items, rss_bytes() - before
 

@@ -40,12 +40,12 @@ then tuned on event-frame questions. The phases are GATED: each ends as soon as 
 gate (`Gate`), so a lucky seed does not wait and an unlucky one is not moved on before the circuit exists.
 RESTARTS: a language phase that misses its gate, or stalls (the one-frame questions have a stall rule: not risen
 within `stall_steps`, `gate_verdict`), restarts the whole bootstrap from other initial weights with another data
-order, up to `restarts` times (the last vision phase's gate only ends it early: `Gate.restart`). How a run goes is a property of one chaotic trajectory, not of the seed: seed 2 on two threads
-sat on the `match` plateau for 1,500 steps, was at 0.47 when `options` ran out, and its questions then stayed at
-chance, where the same seed on one thread passed `options` in 1,200 steps and climbed through its questions. A
-failing attempt fails early (minutes), so a fresh draw is cheaper than waiting a plateau out. Easier
-tasks stay in every later mix: dropping them right after the plateau breaks was seen to make the young circuit
-collapse back to chance.
+order, up to `restarts` times (the last vision phase's gate only ends it early: `Gate.restart`). How a run goes
+is a property of one chaotic trajectory, not of the seed: seed 2 on two threads sat on the `match` plateau for
+1,500 steps, was at 0.47 when `options` ran out, and its questions then stayed at chance, where the same seed on one
+thread passed `options` in 1,200 steps and climbed through its questions. A failing attempt fails early (minutes),
+so a fresh draw is cheaper than waiting a plateau out. Easier tasks stay in every later mix: dropping them right
+after the plateau breaks was seen to make the young circuit collapse back to chance.
 
 At the end the trained Answerer bridge (LayerNorm, Q-Former, query tokens, projection) is copied into the
 Localizer slot too, as SeViLA starts both Q-Formers from BLIP-2's (official `load_qformer_loc`), everything is
@@ -326,11 +326,9 @@ def gate_check(phase: Phase):
 def phase_verdict(phase: Phase, stopped: bool, metrics: Mapping[str, float]) -> Verdict:
     """The verdict on a finished `train` call of `phase` (also one resumed already stopped, whose evaluations this
     process never saw): a stop below the gate can only be a stall."""
-    if phase.gate is None:
+    if phase.gate is None or metrics[phase.gate.metric] >= phase.gate.threshold:
         return Verdict.OPEN
-    if not stopped:
-        return Verdict.OPEN if metrics[phase.gate.metric] >= phase.gate.threshold else Verdict.MISSED
-    return Verdict.OPEN if metrics[phase.gate.metric] >= phase.gate.threshold else Verdict.STALLED
+    return Verdict.STALLED if stopped else Verdict.MISSED
 
 
 # ------------------------------------------------------------------------------------------------ the stage

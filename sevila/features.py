@@ -223,17 +223,22 @@ class FeatureCache:
     # ---- the one public operation
 
     def get(self, video: str | Path, n_frames: int, start: float | None = None, end: float | None = None,
-            sample: FrameSample | None = None) -> tuple[torch.Tensor, FrameMeta]:
+            sample: FrameSample | None = None, *, expect_key: str | None = None) -> tuple[torch.Tensor, FrameMeta]:
         """Features and frame facts of `n_frames` uniformly sampled frames of the clip [start, end] of `video`.
 
         `sample` (optional) is the same clip already decoded by the caller with `read_frames(video, n_frames,
-        start, end, size=image_size)`; on a miss it is encoded instead of decoding the video again."""
+        start, end, size=image_size)`; on a miss it is encoded instead of decoding the video again. `expect_key`
+        (with a cache folder): the key this clip had when first read; another key now means the video changed on
+        disk, a VideoError (the key is computed once either way: with content identity it reads 2 MiB)."""
         video = Path(video)
         if n_frames < 1:
             raise ValueError(f"n_frames must be >= 1, got {n_frames}")
         path = fields = None
         if self.root is not None:
             key, fields = self._key(video, n_frames, start, end)
+            if expect_key is not None and key != expect_key:
+                raise VideoError(video, "changed on disk since this run computed its features (the cache key "
+                                        "holds the file's identity)")
             path = self.path_for(key)
             got = self._read(path, fields) if path.is_file() else None
             if got is not None:
@@ -446,10 +451,7 @@ class StoredFeatures:
 
     def load(self) -> torch.Tensor:
         """[n or len(rows), P, Dv] float32 on CPU."""
-        if self.cache.key(self.video, self.n_frames, self.start, self.end) != self.key:
-            raise VideoError(self.video, "changed on disk since this run computed its features (the cache key "
-                                         "holds the file's size and mtime)")
-        features, _ = self.cache.get(self.video, self.n_frames, self.start, self.end)
+        features, _ = self.cache.get(self.video, self.n_frames, self.start, self.end, expect_key=self.key)
         return features if self.rows is None else features[list(self.rows)]
 
     def take(self, rows: Sequence[int]) -> StoredFeatures:

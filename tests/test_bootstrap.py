@@ -427,8 +427,8 @@ def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, me
     assert {t.task for t in phases[6].mix} == {Task.FRAME_QA, Task.FRAME_MATCH, Task.GROUND}
     assert [p.train_t5 for p in phases] == [True] * 5 + [False, False]
     assert [p.gate for p in phases] == [None, Gate("match2_acc", 0.8), Gate("match_acc", 0.8),
-                                        Gate("text_acc", 0.8, s.stall_steps, s.stall_rise), Gate("multi_acc", 0.8), None,
-                                        Gate("frame_qa_acc", 0.8, restart=False)]
+                                        Gate("text_acc", 0.8, s.stall_steps, s.stall_rise), Gate("multi_acc", 0.8),
+                                        None, Gate("frame_qa_acc", 0.8, restart=False)]
     assert [p.lr for p in phases] == [None, None, None, s.late_lr, s.late_lr, None, s.late_lr]
     # every gate reads a metric the held-out evaluation computes
     val_recs = read_records(f"{world.paths.processed}/val.jsonl")
@@ -620,7 +620,8 @@ def test_params_yaml_bootstrap_section_builds():
 TINY = BootstrapSettings(d_model=16, t5_heads=2, vocab_size=256, batch_size=8, vocab_steps=2, match_steps=2,
                          options_steps=2, questions_steps=2, context_steps=2, see_steps=2, frames_steps=2,
                          warmup_steps=1, phase_warmup_steps=1, gate_every=1, frames_per_video=N_FRAMES, n_eval_frames=16,
-                         n_text_metas=20, n_eval_text=10, restarts=0)  # a tiny run misses its gates: no restarts
+                         n_text_metas=20, n_eval_text=10,
+                         restarts=0)  # a tiny run misses its gates: no restarts
 PHASES = ["vocab", "match", "options", "questions", "context", "see", "frames"]
 
 
