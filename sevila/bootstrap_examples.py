@@ -20,13 +20,15 @@ import torch
 from sevila import prompts
 from sevila.data import synth
 from sevila.data.records import QARecord
-from sevila.data.synth_render import COLOURS, in_event, visible_objects
-from sevila.data.video import frame_labels, read_frames, resolve_video_path
+from sevila.data.synth_render import COLOURS, in_event, render_frame, visible_objects
+from sevila.data.video import frame_labels, read_frames, resolve_video_path, to_pixels
 
 #: Word pool of MATCH: every colour and shape word of the world.
 MATCH_WORDS: tuple[str, ...] = (*COLOURS, *synth.SHAPES)
 #: TEXT_QA samples world metadata from this index on: no generated video of any realistic world reaches it.
 TEXT_META_OFFSET = 10_000_000
+#: Caption images render world metadata from this index on: other scenes than TEXT_QA's and any video's.
+IMAGE_META_OFFSET = 20_000_000
 #: Query tokens of the world's model = words a frame is grounded in (`slot_words`): size, colour, shape, full stop.
 SLOT_WORDS = 4
 #: Slot words of a frame with nothing on it.
@@ -250,6 +252,47 @@ def load_frame_table(video_root: str | Path, videos: Sequence[str], n_frames: in
     if not pixels:
         raise ValueError("no videos to load frames from")
     return FrameTable(torch.cat(pixels), tuple(vids), np.concatenate(times), rows)
+
+
+def concat_tables(*tables: FrameTable) -> FrameTable:
+    """One table of several (rows renumbered in order); a video may appear in one of them only."""
+    rows: dict[str, tuple[int, ...]] = {}
+    start = 0
+    for table in tables:
+        for video, video_rows in table.rows.items():
+            if video in rows:
+                raise ValueError(f"video {video} is in two frame tables")
+            rows[video] = tuple(start + r for r in video_rows)
+        start += len(table)
+    return FrameTable(torch.cat([t.pixels for t in tables]), tuple(v for t in tables for v in t.videos),
+                      np.concatenate([t.times for t in tables]), rows)
+
+
+def caption_images(n: int, seed: int, image_size: int, fps: int = 8, size: int = 64
+                   ) -> tuple[FrameTable, dict[str, dict]]:
+    """BLIP-2's image-text pre-training, in this world: `n` images, one frame each of `n` scenes sampled like the
+    world's videos (`synth.sample_video_meta`) at indices no video has, every other one inside its scene's event,
+    rendered straight (`render_frame`, no codec) and resized and normalised like a decoded frame (`to_pixels`).
+    Their captions are their slot words (`ground_examples` with the returned metadata).
+
+    Why: GROUND on the training videos alone MEMORISED them (issue 10: training event frames 100 % grounded, held-out
+    ones 70 %, the target's shape the word missed; ~140 videos show ~140 targets, each on its own background), so
+    the Answerer read a held-out event frame's shape at chance-like rates. Fresh scenes make the shape the only
+    thing that predicts the shape word. Returns (table: one row per scene, `videos` = scene names; scene metadata
+    by name)."""
+    rng = np.random.default_rng([seed, IMAGE_META_OFFSET])
+    metas = [synth.sample_video_meta(IMAGE_META_OFFSET + i, "train", seed, fps, size) for i in range(n)]
+    frames, times = [], []
+    for i, meta in enumerate(metas):
+        first, stop = meta["event_frames"]
+        inside = range(first, stop)
+        outside = [f for f in range(meta["n_frames"]) if f not in inside]
+        frame = int(rng.choice(inside if i % 2 == 0 else outside))
+        frames.append(render_frame(meta, frame))
+        times.append(frame / meta["fps"])
+    table = FrameTable(to_pixels(np.stack(frames), image_size), tuple(m["video"] for m in metas),
+                       np.asarray(times, dtype=np.float64), {m["video"]: (i,) for i, m in enumerate(metas)})
+    return table, {m["video"]: m for m in metas}
 
 
 def rows_inside(table: FrameTable, video: str, spans: Sequence[tuple[float, float]]) -> list[int]:

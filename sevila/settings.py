@@ -195,8 +195,8 @@ class BootstrapSettings:
     options_steps: int = 2000  # phase 3 (at most): 2-5 option MATCH
     questions_steps: int = 4000  # phase 4 (at most): TEXT_QA, one frame
     context_steps: int = 3000  # phase 5 (at most): TEXT_QA over 2 and 4 frames, YES_NO
-    see_steps: int = 600  # phase 6: GROUND only, the T5 frozen from here on
-    frames_steps: int = 500  # phase 7 (at most): FRAME_QA + FRAME_MATCH + GROUND on real frames
+    see_steps: int = 1500  # phase 6: GROUND only (videos' frames + caption images), the T5 frozen from here on
+    frames_steps: int = 0  # phase 7 (at most): FRAME_QA + FRAME_MATCH + GROUND on event frames (0: skipped)
     late_lr: float = 1e-3  # learning rate from phase 4 on (the circuit exists; keep it)
     gate_every: int = 100  # a gated phase evaluates its gate every gate_every steps
     gate: float = 0.85  # held-out accuracy that opens each gate
@@ -206,6 +206,7 @@ class BootstrapSettings:
     frames_per_video: int = 48  # frames decoded per training video (GROUND on all, QA on those in the event)
     n_eval_frames: int = 32  # frames per validation video for the single-frame accuracies
     n_text_metas: int = 4000  # world metadata sampled for TEXT_QA (text only)
+    caption_images: int = 8000  # image-caption pairs of fresh scenes for GROUND / FRAME_MATCH (0: the videos only)
     n_eval_text: int = 300  # held-out examples per text accuracy
 
     def __post_init__(self) -> None:
@@ -217,7 +218,7 @@ class BootstrapSettings:
             if getattr(self, name) < 1:
                 bad(name, "must be >= 1")
         for name in ("vocab_steps", "match_steps", "options_steps", "questions_steps", "context_steps", "see_steps",
-                     "frames_steps", "warmup_steps", "phase_warmup_steps", "restarts"):
+                     "frames_steps", "warmup_steps", "phase_warmup_steps", "restarts", "caption_images"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
         if self.d_model % self.t5_heads:

@@ -25,8 +25,9 @@ from sevila.bootstrap import (BootstrapLoss, BootstrapSettings, HeldOut, Verdict
                               curriculum, gate_verdict, ground_accuracy, ground_loss, phase_verdict, slot_ids,
                               text_inputs, world_model_config, yes_no_accuracy, _metas_by_video,
                               _world_tokenizer_texts)
-from sevila.bootstrap_examples import (EMPTY_SLOTS, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET, Gate, Phase, PhaseData,
-                                       Pools, Task, TaskSpec, event_frame_pool, event_rows, event_slots,
+from sevila.bootstrap_examples import (EMPTY_SLOTS, IMAGE_META_OFFSET, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET, Gate,
+                                       Phase, PhaseData, Pools, Task, TaskSpec, caption_images, concat_tables,
+                                       event_frame_pool, event_rows, event_slots,
                                        frame_match_example, frame_qa_example, frame_qa_pool, frames_text,
                                        ground_examples, load_frame_table, match_example, outside_slots, shows_event,
                                        slot_text, slot_words, subset_options, text_metas, text_qa_example,
@@ -35,7 +36,8 @@ from sevila.checkpoints import load_sevila, read_header
 from sevila.config import ConfigError, build, load_config
 from sevila.data import synth
 from sevila.data.records import read_records
-from sevila.data.synth_render import COLOURS, visible_objects
+from sevila.data.synth_render import COLOURS, render_frame, visible_objects
+from sevila.data.video import to_pixels
 from sevila.model import SeViLA
 from sevila.stages import prepare
 from sevila.tokenizer import build_tiny_tokenizer, prefix_ids
@@ -280,6 +282,39 @@ def test_ground_examples_cover_every_frame_with_its_slot_words(metas, train_tabl
     assert sorted(row for _, row in pools.frame_match) == [e.frame for e in inside]  # same event frames
     with pytest.raises(KeyError, match="no entry in world.jsonl"):
         ground_examples(table, {})
+
+
+def test_caption_images_are_fresh_scenes_alternately_inside_their_event(metas):
+    table, scenes = caption_images(6, seed=2, image_size=16, fps=4, size=32)
+    assert table.pixels.shape == (6, 3, 16, 16) and len(table) == 6
+    assert list(table.rows.values()) == [(i,) for i in range(6)] and tuple(table.rows) == table.videos
+    assert not set(scenes) & set(metas)  # no world video: other indices
+    assert [m["index"] for m in scenes.values()] == [IMAGE_META_OFFSET + i for i in range(6)]
+    ground = ground_examples(table, scenes)
+    assert [shows_event(e) for e in ground] == [True, False] * 3  # every other one inside its event
+    for row, (video, t) in enumerate(zip(table.videos, table.times)):
+        meta = scenes[video]
+        assert (meta["size"], meta["fps"]) == (32, 4)
+        frame = round(float(t) * meta["fps"])
+        assert frame == float(t) * meta["fps"]  # a frame of the scene, not a time between frames
+        # rendered straight and resized like a decoded frame
+        assert torch.equal(table.pixels[row], to_pixels(render_frame(meta, frame)[None], 16)[0])
+    assert ground[0].slots == event_slots(scenes[table.videos[0]])
+    again, _ = caption_images(6, seed=2, image_size=16, fps=4, size=32)
+    other, _ = caption_images(6, seed=3, image_size=16, fps=4, size=32)
+    assert torch.equal(again.pixels, table.pixels) and not torch.equal(other.pixels, table.pixels)
+
+
+def test_concat_tables_renumbers_rows(train_table):
+    _, videos = train_table
+    images, _ = caption_images(3, seed=2, image_size=32, fps=4, size=32)
+    both = concat_tables(videos, images)
+    assert len(both) == len(videos) + 3 and torch.equal(both.pixels[len(videos):], images.pixels)
+    assert {v: both.rows[v] for v in videos.rows} == dict(videos.rows)  # the first table's rows stay
+    assert [both.rows[v] for v in images.videos] == [(len(videos) + i,) for i in range(3)]
+    assert both.videos == videos.videos + images.videos and both.times.tolist() == [*videos.times, *images.times]
+    with pytest.raises(ValueError, match="in two frame tables"):
+        concat_tables(videos, videos)
 
 
 def test_frame_qa_uses_only_frames_inside_the_event(metas, train_table):
@@ -534,13 +569,25 @@ def test_ground_loss_and_accuracy_with_exact_queries(tok, metas, train_table):
         assert loss.shape == (len(ground),) and torch.allclose(loss, by_hand, atol=1e-4)
         assert ground_accuracy(model, table.pixels, ground) == 1.0
 
+        # nearest but off by delta: the squared distance over d is added (the queries must BE the embeddings)
+        delta = torch.zeros_like(exact)
+        delta[..., 0] = 0.5
+        model.answerer = FixedQueries(exact + delta)
+        off = ground_loss(model, feats, ground)
+        d2 = ((exact[:, :, None, :] + delta[:, :, None, :] - table_w[None, None]) ** 2).sum(-1)  # [N, Q, V]
+        ce = (torch.logsumexp(-d2 / table_w.shape[1] ** 0.5, dim=-1)
+              - (-(delta ** 2).sum(-1) / table_w.shape[1] ** 0.5)).mean(1)  # minus the target's logit
+        assert 0.5 ** 2 / table_w.shape[1] > 1e-3  # the term is well above the tolerance
+        assert torch.allclose(off, ce + 0.5 ** 2 / table_w.shape[1], atol=1e-5)
+        assert ground_accuracy(model, table.pixels, ground) == 1.0
+
         # queries of the wrong frames: right exactly where the two frames' slot words agree
         shifted = list(range(1, len(ground))) + [0]
         model.answerer = FixedQueries(exact[shifted])
         agree = sum(ground[j].slots == e.slots for e, j in zip(ground, shifted))
         assert ground_accuracy(model, table.pixels, ground) == agree / len(ground) < 1.0
 
-        # embeddings far apart: exact queries leave no loss at all
+        # embeddings far apart: exact queries leave no loss at all (both terms)
         model.t5.shared.weight.mul_(10.0)
         model.answerer = FixedQueries(model.embed(target))
         assert ground_loss(model, feats, ground).max() < 1e-6
@@ -612,7 +659,7 @@ def test_params_yaml_bootstrap_section_builds():
     settings = load_config(REPO / "params.yaml").bootstrap
     assert type(settings) is BootstrapSettings
     assert {k: settings.to_dict()[k] for k in section} == section
-    assert all(p.steps > 0 for p in curriculum(settings))
+    assert [p.name for p in curriculum(settings) if p.steps == 0] == ["frames"]  # off by default (bootstrap.py)
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -620,7 +667,7 @@ def test_params_yaml_bootstrap_section_builds():
 TINY = BootstrapSettings(d_model=16, t5_heads=2, vocab_size=256, batch_size=8, vocab_steps=2, match_steps=2,
                          options_steps=2, questions_steps=2, context_steps=2, see_steps=2, frames_steps=2,
                          warmup_steps=1, phase_warmup_steps=1, gate_every=1, frames_per_video=N_FRAMES, n_eval_frames=16,
-                         n_text_metas=20, n_eval_text=10,
+                         n_text_metas=20, n_eval_text=10, caption_images=8,
                          restarts=0)  # a tiny run misses its gates: no restarts
 PHASES = ["vocab", "match", "options", "questions", "context", "see", "frames"]
 
@@ -639,8 +686,16 @@ def test_bootstrap_saves_a_complete_frozen_model_with_twin_modules(world, tmp_pa
         seen["phases"] = sorted(p.name for p in (work / run_id).iterdir())
         return real_save(model, out_dir, **kw)
 
+    class SpyLoss(BootstrapLoss):
+        def __init__(self, pixels):
+            seen["pixel_rows"] = len(pixels)
+            super().__init__(pixels)
+
     monkeypatch.setattr(boot, "save_sevila", spy)
+    monkeypatch.setattr(boot, "BootstrapLoss", SpyLoss)
     metrics = bootstrap_backbone(world.paths.world, world.paths.processed, out, TINY, progress=False)
+    n_train_videos = len({r.video for r in read_records(f"{world.paths.processed}/train.jsonl")})
+    assert seen["pixel_rows"] == n_train_videos * N_FRAMES + TINY.caption_images  # the videos' frames + the images
 
     assert {"train_seconds", "steps", "val_match_acc", "val_match2_acc", "val_text_acc", "val_multi_acc",
             "val_yes_no_acc", "val_ground_acc", "val_ground_event_acc", "val_frame_qa_acc", "val_acc_event",
