@@ -25,13 +25,12 @@ from sevila.bootstrap import (BootstrapLoss, BootstrapSettings, HeldOut, Verdict
                               curriculum, gate_verdict, ground_accuracy, ground_loss, phase_verdict, slot_ids,
                               text_inputs, world_model_config, yes_no_accuracy, _metas_by_video,
                               _world_tokenizer_texts)
-from sevila.bootstrap_examples import (EMPTY_SLOTS, IMAGE_META_OFFSET, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET, Gate,
-                                       Phase, PhaseData, Pools, Task, TaskSpec, caption_images, concat_tables,
-                                       event_frame_pool, event_rows, event_slots,
-                                       frame_match_example, frame_qa_example, frame_qa_pool, frames_text,
-                                       ground_examples, load_frame_table, match_example, outside_slots, shows_event,
-                                       slot_text, slot_words, subset_options, text_metas, text_qa_example,
-                                       yes_no_example)
+from sevila.bootstrap_examples import (EMPTY_SLOTS, IMAGE_META_OFFSET, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET,
+                                       Context, Gate, Phase, PhaseData, Pools, Task, TaskSpec, caption_images,
+                                       concat_tables, event_frame_pool, event_rows, event_slots, frame_match_example,
+                                       frame_qa_example, frame_qa_pool, frames_text, ground_examples, load_frame_table,
+                                       match_example, outside_slots, shows_event, slot_text, slot_words, subset_options,
+                                       text_metas, text_qa_example, yes_no_example)
 from sevila.checkpoints import load_sevila, read_header
 from sevila.config import ConfigError, build, load_config
 from sevila.data import synth
@@ -222,7 +221,7 @@ def test_text_qa_example_writes_slot_frames_and_the_official_answerer_prompt():
             assert all(len(s) == SLOT_WORDS for s in slots)
             big = [i for i, s in enumerate(slots) if s[0] == "big"]
             assert len(big) == 1 and slots[big[0]] == event_slots(meta)  # exactly one frame in the event
-            assert all(s in distractors or s == EMPTY_SLOTS for i, s in enumerate(slots) if i != big[0])
+            assert all(s == EMPTY_SLOTS for i, s in enumerate(slots) if i != big[0])  # Context.EMPTY: no distractor
             event_places[n_frames].add(big[0])
 
             options = OPTION_RE.findall(rest)
@@ -242,6 +241,26 @@ def test_text_qa_example_writes_slot_frames_and_the_official_answerer_prompt():
     assert event_places == {1: {0}, 2: {0, 1}, 4: {0, 1, 2, 3}}  # the event frame is anywhere among the others
     two = text_qa_example(random.Random(3), metas[0], 2)
     assert two.prompt.count("Option ") == 2
+
+
+def test_keyframes_context_shows_one_to_all_event_frames_among_outside_ones():
+    metas = text_metas(40, seed=8)
+    rng = random.Random(5)
+    n_event, fillers = set(), set()
+    for meta in metas:
+        distractors = {("small", d["colour"], d["shape"], ".") for d in meta["distractors"]}
+        ex = text_qa_example(rng, meta, 5, 4, Context.KEYFRAMES)
+        prefixes, slots, rest = _split_frames(ex.prompt)
+        assert prefixes == prompts.frame_prefixes(4) and ex.prompt == frames_text(slots) + rest
+        inside = [s for s in slots if s == event_slots(meta)]
+        assert all(s in distractors or s == EMPTY_SLOTS for s in slots if s != event_slots(meta))
+        n_event.add(len(inside))
+        fillers |= {"distractor" if s in distractors else "empty" for s in slots if s != event_slots(meta)}
+        q = next(q for q in meta["questions"] if rest.startswith(f"Question: {q['question']}?"))
+        # the answer is what the event frames show, however many there are
+        chosen = dict(OPTION_RE.findall(rest))[ex.target[-1]]
+        assert chosen[:-1] == q["options"][q["answer"]]
+    assert n_event == {1, 2, 3, 4} and fillers == {"distractor", "empty"}
 
 
 def test_yes_no_example_says_yes_exactly_when_the_frame_shows_the_word():
@@ -458,6 +477,8 @@ def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, me
     assert {t.n_frames for t in phases[3].mix if t.task is Task.TEXT_QA} == {1}  # one frame first ...
     assert {t.task for t in phases[4].mix} == {Task.TEXT_QA, Task.YES_NO, Task.MATCH}
     assert {t.n_frames for t in phases[4].mix if t.task is Task.TEXT_QA} == {1, 2, 4}  # ... then several
+    assert [t.n_frames for t in phases[4].mix if t.context is Context.KEYFRAMES] == [4]  # and the Answerer's input
+    assert all(t.context is Context.EMPTY for p in phases[:4] for t in p.mix)
     assert phases[5].mix == (TaskSpec(Task.GROUND),)
     assert {t.task for t in phases[6].mix} == {Task.FRAME_QA, Task.FRAME_MATCH, Task.GROUND}
     assert [p.train_t5 for p in phases] == [True] * 5 + [False, False]
@@ -470,8 +491,8 @@ def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, me
     val_table = load_frame_table(f"{world.paths.world}/videos", [r.video for r in val_recs], 8, 32)
     held = HeldOut(BootstrapSettings(n_eval_text=5), 2, val_table, metas, val_recs)
     assert {p.gate.metric for p in phases if p.gate} <= set(held.names)
-    assert set(held.names) == {"match2_acc", "match_acc", "text_acc", "multi_acc", "yes_no_acc", "frame_qa_acc",
-                               "ground_acc", "ground_event_acc"}
+    assert set(held.names) == {"match2_acc", "match_acc", "text_acc", "multi_acc", "keyframes_acc", "yes_no_acc",
+                               "frame_qa_acc", "ground_acc", "ground_event_acc"}
     assert all(e.task is Task.FRAME_QA for e in held.sets["frame_qa_acc"])
 
 
