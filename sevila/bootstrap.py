@@ -22,7 +22,8 @@ What it trains on (nothing else; tests pin it):
 - TEXT_QA (text): frames written as slot words of freshly sampled world metadata (indices far beyond any
   generated video): `Frame: big red circle. ` or, over several frames, `Frame 1: a grey background. Frame 2: big
   red circle. ...`, then the official Answerer prompt with 2-5 of the question's options: Flan's instruction
-  tuning, in the very token layout the Answerer reads frames in.
+  tuning, in the very token layout the Answerer reads frames in. Over 4 frames also as the Answerer is given them
+  (`Context.KEYFRAMES`: 1-4 event frames, the others the world's distractors or empty).
 - YES_NO (text): `Frame: small blue square. Question: is there a red shape?` -> `no`: the yes/no answering the
   Localizer's `Does the information within the frame ...?` is read with (without it, a frozen T5 that only ever
   said `Option X` left the Localizer nearly untrainable: keyframes in span 27-38% after refinement).
@@ -32,16 +33,18 @@ What it trains on (nothing else; tests pin it):
   image-text pre-training in this world (on the ~140 training videos alone, GROUND memorised each video's target
   and missed held-out targets' shapes).
 - FRAME_MATCH / FRAME_QA (frames INSIDE the event of a training question; phase `frames`, off by default): bare
-  options / the official Answerer prompt, options re-shuffled per example. Frames outside the event never get an answer, no Localizer prompt is
-  used and no real multi-frame input, so the Localizer and the reverse chain learn from nothing they were shown.
+  options / the official Answerer prompt, options re-shuffled per example. Frames outside the event never get an
+  answer, no Localizer prompt is used and no real multi-frame input, so the Localizer and the reverse chain learn
+  from nothing they were shown.
 
 The hard part is the T5's MATCHING circuit (find the option whose words equal the frame's, emit its letter): a
 small transformer sits on a loss plateau before such content-addressed circuits form (at chance for thousands of
 steps when trained on five-option QA directly). A curriculum breaks it: two-option MATCH over two words, over all
 words (the plateau breaks after ~300-1000 steps of 64 examples, varying with the seed), 2-5 options, the questions
 on one frame, then on several frames with yes/no; then the T5 is frozen and the vision is aligned to it (GROUND;
-tuning it further on event-frame questions, phase `frames`, lowered held-out frame QA once GROUND was exact). The phases are GATED: each ends as soon as its held-out accuracy passes the
-gate (`Gate`), so a lucky seed does not wait and an unlucky one is not moved on before the circuit exists.
+tuning it further on event-frame questions, phase `frames`, lowered held-out frame QA once GROUND was exact). The
+phases are GATED: each ends as soon as its held-out accuracy passes the gate (`Gate`), so a lucky seed does not
+wait and an unlucky one is not moved on before the circuit exists.
 RESTARTS: a language phase that misses its gate, or stalls (the one-frame questions have a stall rule: not risen
 within `stall_steps`, `gate_verdict`), restarts the whole bootstrap from other initial weights with another data
 order, up to `restarts` times (the last vision phase's gate only ends it early: `Gate.restart`). How a run goes
@@ -502,7 +505,7 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     video_root = world_dir / "videos"
     train_table = load_frame_table(video_root, [r.video for r in train_recs], s.frames_per_video, s.image_size)
     val_table = load_frame_table(video_root, [r.video for r in val_recs], s.n_eval_frames, s.image_size)
-    seen, seen_metas = train_table, metas  # what GROUND and FRAME_MATCH draw from: the videos' frames + captioned images
+    seen, seen_metas = train_table, metas  # what GROUND and FRAME_MATCH draw from: video frames + caption images
     if s.caption_images:
         any_meta = next(iter(metas.values()))
         images, image_metas = caption_images(s.caption_images, world_seed, s.image_size, any_meta["fps"],

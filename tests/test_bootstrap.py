@@ -687,8 +687,8 @@ def test_params_yaml_bootstrap_section_builds():
 
 TINY = BootstrapSettings(d_model=16, t5_heads=2, vocab_size=256, batch_size=8, vocab_steps=2, match_steps=2,
                          options_steps=2, questions_steps=2, context_steps=2, see_steps=2, frames_steps=2,
-                         warmup_steps=1, phase_warmup_steps=1, gate_every=1, frames_per_video=N_FRAMES, n_eval_frames=16,
-                         n_text_metas=20, n_eval_text=10, caption_images=8,
+                         warmup_steps=1, phase_warmup_steps=1, gate_every=1, frames_per_video=N_FRAMES,
+                         n_eval_frames=16, n_text_metas=20, n_eval_text=10, caption_images=8,
                          restarts=0)  # a tiny run misses its gates: no restarts
 PHASES = ["vocab", "match", "options", "questions", "context", "see", "frames"]
 
