@@ -204,8 +204,9 @@ def text_qa_example(rng: random.Random, meta: Mapping[str, Any], n_options: int,
     `Context.KEYFRAMES`: 1..n event frames at random places, the others outside the event (`outside_slots`: the
     world's distractors, whose words are wrong options, or empty), as a Localizer's keyframes (mostly in the event)
     and uniform frames (mostly outside) show it. Taught EMPTY alone, the T5 read 4 event frames in a row at 0.41 and
-    one among distractors at 0.45, against 0.83 for one among empty ones (issue 10, seed 2). Distractors only once
-    the one-frame questions work: mixed in from the start, 1200 steps left them at chance."""
+    one among distractors at 0.45, against 0.83 for one among empty ones (issue 10, seed 2). KEYFRAMES is one layout
+    among several of the `context` phase and ungated: an earlier trial with distractors in place of the empty
+    frames left those questions at chance for 1200 steps."""
     q = rng.choice(meta["questions"])
     opts, answer = subset_options([record_option(o) for o in q["options"]], int(q["answer"]), n_options, rng)
     if context is Context.KEYFRAMES:
@@ -292,8 +293,8 @@ def caption_images(n: int, seed: int, image_size: int, fps: int = 8, size: int =
     Their captions are their slot words (`ground_examples` with the returned metadata).
 
     Why: GROUND on the training videos alone MEMORISED them (issue 10: training event frames 100 % grounded, held-out
-    ones 70 %, the target's shape the word missed; ~140 videos show ~140 targets, each on its own background), so
-    the Answerer read a held-out event frame's shape at chance-like rates. Fresh scenes make the shape the only
+    ones 70 %, the target's shape the word missed; ~140 videos show ~140 targets, each on its own background), and
+    the Answerer answered one held-out event frame right 50-84 % of the time. Fresh scenes make the shape the only
     thing that predicts the shape word. Returns (table: one row per scene, `videos` = scene names; scene metadata
     by name)."""
     rng = np.random.default_rng([seed, IMAGE_META_OFFSET])
