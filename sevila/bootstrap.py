@@ -27,6 +27,10 @@ What it trains on (nothing else; tests pin it):
 - YES_NO (text): `Frame: small blue square. Question: is there a red shape?` -> `no`: the yes/no answering the
   Localizer's `Does the information within the frame ...?` is read with (without it, a frozen T5 that only ever
   said `Option X` left the Localizer nearly untrainable: keyframes in span 27-38% after refinement).
+- LOCALIZE (text): a frame + the Localizer's own prompt (a question with its options, or a QVHighlights query)
+  -> `yes` if the frame shows an object, `no` if it is blank (`localize_example`): the prior Flan-T5 brings to
+  that prompt. Without it each seed's T5 read the prompt its own way (one said `yes` to blank frames, another `no`
+  to every frame) and one seed's Localizer barely learnt; which object answers is left to the Localizer.
 - GROUND (frames, any, half of them inside events): queries -> slot word embeddings (cross-entropy over the
   vocabulary of minus squared distances, plus the squared distance itself). Its frames are the training videos'
   and `caption_images`: single frames of fresh scenes rendered from world metadata no video has, BLIP-2's
@@ -81,8 +85,8 @@ from sevila import prompts
 from sevila.bootstrap_examples import (EMPTY_SLOTS, SLOT_WORDS, Context, Example, FrameTable, Gate, Phase, PhaseData,
                                        Pools, Task, TaskSpec, caption_images, collate_examples, concat_tables,
                                        event_frame_pool, frame_qa_example, frame_qa_pool, ground_examples,
-                                       load_frame_table, match_example, shows_event, slot_text, text_metas,
-                                       text_qa_example, yes_no_example)
+                                       load_frame_table, localize_example, match_example, shows_event, slot_text,
+                                       text_metas, text_qa_example, yes_no_example)
 from sevila.checkpoints import PARTS, save_sevila
 from sevila.data import synth
 from sevila.data.records import QARecord, read_records
@@ -117,7 +121,8 @@ def curriculum(s: BootstrapSettings) -> tuple[Phase, ...]:
         Phase("context", s.context_steps, (TaskSpec(Task.TEXT_QA, 5, 5, n_frames=2),
                                            TaskSpec(Task.TEXT_QA, 5, 5, n_frames=4),
                                            TaskSpec(Task.TEXT_QA, 5, 5, n_frames=4, context=Context.KEYFRAMES),
-                                           TaskSpec(Task.YES_NO), TaskSpec(Task.TEXT_QA, 2, 5), match),
+                                           TaskSpec(Task.YES_NO), TaskSpec(Task.LOCALIZE), TaskSpec(Task.TEXT_QA, 2, 5),
+                                           match),
               Gate("multi_acc", s.gate), lr=s.late_lr),
         # From here on the T5 is final (frozen, as SeViLA keeps it) and the vision is aligned to it, BLIP-2's order.
         Phase("see", s.see_steps, (ground,), train_t5=False),
@@ -358,6 +363,7 @@ def _world_tokenizer_texts(train: Sequence[QARecord], text_pool: Sequence[Mappin
     texts += [prompts.localizer_prompt(r.question, r.options) for r in train]
     texts += [text_qa_example(random.Random(i), m, 5, 4).prompt for i, m in enumerate(text_pool[:500])]
     texts += [yes_no_example(random.Random(i), m).prompt for i, m in enumerate(text_pool[:500])]
+    texts += [localize_example(random.Random(i), m).prompt for i, m in enumerate(text_pool[:500])]
     return texts
 
 
@@ -395,6 +401,7 @@ class HeldOut:
             "multi_acc": [text_qa_example(rng, m, 5, 4) for m in eval_metas],
             "keyframes_acc": [text_qa_example(rng, m, 5, 4, Context.KEYFRAMES) for m in eval_metas],
             "yes_no_acc": [yes_no_example(rng, m) for m in eval_metas],
+            "localize_acc": [localize_example(rng, m) for m in eval_metas],
             "frame_qa_acc": [frame_qa_example(rng, *p) for p in frame_qa_pool(val_table, val_recs)],
         }
         ground = ground_examples(val_table, metas)
@@ -405,7 +412,7 @@ class HeldOut:
         for name in names:
             if name in self.ground:
                 out[name] = ground_accuracy(model, self.pixels, self.ground[name])
-            elif name == "yes_no_acc":
+            elif name in ("yes_no_acc", "localize_acc"):
                 out[name] = yes_no_accuracy(model, self.sets[name])
             else:
                 out[name] = choice_accuracy(model, self.sets[name], self.pixels)

@@ -41,6 +41,7 @@ class Task(str, enum.Enum):
     MATCH = "match"  # text frame (one word) + bare options -> `Option X`
     TEXT_QA = "text_qa"  # text frames (1-4, one inside the event, as slot words) + Answerer prompt -> `Option X`
     YES_NO = "yes_no"  # text frame (slot words) + `Question: is there a red shape?` -> `yes` / `no`
+    LOCALIZE = "localize"  # text frame + the Localizer's own prompt -> `yes` on an object, `no` on a blank frame
     GROUND = "ground"  # frame (any) -> its queries regress onto its slot words' embeddings
     FRAME_MATCH = "frame_match"  # frame (inside the event) + bare options -> `Option X`
     FRAME_QA = "frame_qa"  # frame (inside the event) + Answerer prompt -> `Option X`
@@ -234,6 +235,34 @@ def yes_no_example(rng: random.Random, meta: Mapping[str, Any]) -> Example:
     return Example(Task.YES_NO, prompt, prompts.YES if word == shown else prompts.NO)
 
 
+def localize_example(rng: random.Random, meta: Mapping[str, Any]) -> Example:
+    """`Frame: small blue square. Question: ... Options: (...) Does the information within the frame ...?` ->
+    `yes` when the frame shows an object (the event's target or a distractor, a third each), `no` on a blank one
+    (the other third); the prompt is one of `meta`'s questions as the Localizer asks it, or (half the time) its
+    QVHighlights query as pre-training does (paper §3.3).
+
+    Why: the T5 must answer the Localizer's prompt with `yes`/`no` that the FRAME decides, or the Localizer's
+    Q-Former has nothing to steer. Never shown that prompt, the frozen T5 read it per seed (issue 10, text frames):
+    seed 2 said `yes` to 75% of blank frames (log p(no) -9.6 on event frames) and seed 3 `no` to every frame, and
+    seed 2's Localizer then barely learnt (pre-training loss 11.6 -> 4.5 where seeds 0/1 reach 0.1-0.6). The rule
+    is the prior an instruction-tuned LM brings, not the answer: a frame with something on it may hold the details,
+    a blank one does not; WHICH object answers is what pre-training and self-refinement teach (paper §3.2-3.3)."""
+    r = rng.random()
+    if r < 1 / 3:
+        slots = event_slots(meta)
+    elif r < 2 / 3:
+        d = rng.choice(meta["distractors"])
+        slots = ("small", d["colour"], d["shape"], ".")
+    else:
+        slots = EMPTY_SLOTS
+    if rng.random() < 0.5:
+        q = rng.choice(meta["questions"])
+        asked = prompts.localizer_prompt(record_question(q["question"]), [record_option(o) for o in q["options"]])
+    else:
+        asked = prompts.qvh_localizer_prompt(meta["query"])
+    return Example(Task.LOCALIZE, frames_text([slots]) + asked, prompts.localizer_target(slots != EMPTY_SLOTS))
+
+
 def text_metas(n: int, seed: int) -> list[dict]:
     """World metadata for TEXT_QA: sampled like the world's videos but at indices no world video has."""
     return [synth.sample_video_meta(TEXT_META_OFFSET + i, "train", seed) for i in range(n)]
@@ -384,7 +413,8 @@ class Pools:
         return [e for e in self.ground if shows_event(e)]
 
     def of(self, task: Task) -> Sequence:
-        return {Task.TEXT_QA: self.text, Task.YES_NO: self.text, Task.GROUND: self.ground, Task.FRAME_QA: self.frame_qa,
+        return {Task.TEXT_QA: self.text, Task.YES_NO: self.text, Task.LOCALIZE: self.text,
+                Task.GROUND: self.ground, Task.FRAME_QA: self.frame_qa,
                 Task.FRAME_MATCH: self.frame_match, Task.MATCH: MATCH_WORDS}[task]
 
 
@@ -413,6 +443,8 @@ class PhaseData:
             return text_qa_example(rng, rng.choice(self.pools.text), n_opt, spec.n_frames, spec.context)
         if spec.task is Task.YES_NO:
             return yes_no_example(rng, rng.choice(self.pools.text))
+        if spec.task is Task.LOCALIZE:
+            return localize_example(rng, rng.choice(self.pools.text))
         if spec.task is Task.GROUND:  # half inside events: drawn in proportion, the big target's shape went unlearnt
             inside = self.pools.ground_event if rng.random() < 0.5 else ()
             return rng.choice(inside or self.pools.ground)
