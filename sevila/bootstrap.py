@@ -38,8 +38,8 @@ What it trains on (nothing else; tests pin it):
   and missed held-out targets' shapes).
 - FRAME_MATCH / FRAME_QA (frames INSIDE the event of a training question; phase `frames`, off by default): bare
   options / the official Answerer prompt, options re-shuffled per example. Frames outside the event never get an
-  answer, no Localizer prompt is used and no real multi-frame input, so the Localizer and the reverse chain learn
-  from nothing they were shown.
+  answer, the Localizer's prompt is only ever answered by LOCALIZE's event-blind prior, and no real multi-frame input
+  is shown, so the Localizer and the reverse chain learn from nothing they were shown.
 
 The hard part is the T5's MATCHING circuit (find the option whose words equal the frame's, emit its letter): a
 small transformer sits on a loss plateau before such content-addressed circuits form (at chance for thousands of
@@ -427,6 +427,17 @@ class HeldOut:
 RESTART_SEED = 7919
 
 
+def phase_train_config(phase: Phase, s: BootstrapSettings, index: int, seed: int, progress: bool = False
+                       ) -> TrainConfig:
+    """How curriculum phase number `index` is trained: one pass over its examples, a warm-up of its own (each phase
+    starts a fresh AdamW), a constant rate while gated (a decay would starve a plateau that has not broken yet)."""
+    return TrainConfig(lr=phase.lr or s.lr, epochs=1, batch_size=s.batch_size, micro_batch=s.batch_size,
+                       weight_decay=s.weight_decay,
+                       warmup_steps=min(s.warmup_steps if index == 0 else s.phase_warmup_steps, phase.steps),
+                       min_lr_ratio=1.0 if phase.gate is not None else 0.0, grad_clip=s.grad_clip,
+                       checkpoint_every=s.gate_every, eval_every=s.gate_every, seed=seed + index, progress=progress)
+
+
 def run_phases(model: SeViLA, phases: Sequence[Phase], s: BootstrapSettings, attempt: int, pools: Pools,
                held: HeldOut, loss_fn, work: Path, *, stop_at_failure: bool, progress: bool
                ) -> tuple[list[dict[str, Any]], int]:
@@ -441,11 +452,7 @@ def run_phases(model: SeViLA, phases: Sequence[Phase], s: BootstrapSettings, att
         t_phase = time.perf_counter()
         names = ([phase.gate.metric] if phase.gate else []) + (["ground_event_acc"] if phase.uses_frames else [])
         seed = s.seed + RESTART_SEED * attempt
-        cfg = TrainConfig(lr=phase.lr or s.lr, epochs=1, batch_size=s.batch_size, micro_batch=s.batch_size,
-                          weight_decay=s.weight_decay,
-                          warmup_steps=min(s.warmup_steps if k == 0 else s.phase_warmup_steps, phase.steps),
-                          min_lr_ratio=1.0 if phase.gate is not None else 0.0, grad_clip=s.grad_clip,
-                          checkpoint_every=s.gate_every, eval_every=s.gate_every, seed=seed + k, progress=progress)
+        cfg = phase_train_config(phase, s, k, seed, progress)
         data = PhaseData(phase, phase.steps * s.batch_size, seed, pools)
         model.t5.requires_grad_(phase.train_t5)
         result = train(model, data, loss_fn, cfg, root / f"{k}_{phase.name}", collate_fn=collate_examples,

@@ -194,7 +194,7 @@ class BootstrapSettings:
     match_steps: int = 4000  # phase 2 (at most): two-option MATCH over every word; the plateau breaks here
     options_steps: int = 2000  # phase 3 (at most): 2-5 option MATCH
     questions_steps: int = 4000  # phase 4 (at most): TEXT_QA, one frame
-    context_steps: int = 3000  # phase 5 (at most): TEXT_QA over 2 and 4 frames, YES_NO
+    context_steps: int = 3000  # phase 5 (at most): TEXT_QA over 2 and 4 frames, YES_NO, LOCALIZE
     see_steps: int = 1500  # phase 6: GROUND only (videos' frames + caption images), the T5 frozen from here on
     frames_steps: int = 0  # phase 7 (at most): FRAME_QA + FRAME_MATCH + GROUND on event frames (0: skipped)
     late_lr: float = 1e-3  # learning rate from phase 4 on (the circuit exists; keep it)

@@ -29,7 +29,7 @@ from sevila.bootstrap_examples import (EMPTY_SLOTS, IMAGE_META_OFFSET, MATCH_WOR
                                        Context, Gate, Phase, PhaseData, Pools, Task, TaskSpec, caption_images,
                                        concat_tables, event_frame_pool, event_rows, event_slots, frame_match_example,
                                        frame_qa_example, frame_qa_pool, frames_text, ground_examples, load_frame_table,
-                                       match_example, outside_slots, shows_event, slot_text, slot_words, subset_options,
+                                       localize_example, match_example, outside_slots, shows_event, slot_text, slot_words, subset_options,
                                        text_metas, text_qa_example, yes_no_example)
 from sevila.checkpoints import load_sevila, read_header
 from sevila.config import ConfigError, build, load_config
@@ -280,6 +280,32 @@ def test_yes_no_example_says_yes_exactly_when_the_frame_shows_the_word():
     assert 0.3 < answers.count(prompts.YES) / 400 < 0.6  # both answers, yes a little under half the time
 
 
+def test_localize_example_asks_the_localizer_prompt_and_says_yes_on_any_object():
+    """LOCALIZE: the Localizer's own prompts (a question with its options, or the QVHighlights query), `yes` exactly
+    when the frame shows an object: the event's target, a distractor of the same video, or nothing (a third each)."""
+    metas = text_metas(20, seed=5)
+    rng = random.Random(8)
+    kinds, asked = [], set()
+    for i in range(600):
+        meta = metas[i % 20]
+        ex = localize_example(rng, meta)
+        prefixes, slots, rest = _split_frames(ex.prompt)
+        assert ex.task is Task.LOCALIZE and prefixes == ["Frame: "] and len(slots[0]) == SLOT_WORDS
+        questions = {prompts.localizer_prompt(q["question"] + "?", [o + "." for o in q["options"]])
+                     for q in meta["questions"]}
+        assert rest in questions | {prompts.qvh_localizer_prompt(meta["query"])}, rest
+        asked.add("qvh" if "Option A: yes." in rest else "qa")
+        target = slots[0]
+        distractors = {("small", d["colour"], d["shape"], ".") for d in meta["distractors"]}
+        kind = ("event" if target == event_slots(meta) else "distractor" if target in distractors
+                else "empty" if target == EMPTY_SLOTS else None)
+        assert kind, slots
+        assert ex.target == (prompts.NO if kind == "empty" else prompts.YES)
+        kinds.append(kind)
+    assert asked == {"qa", "qvh"}
+    assert all(0.27 < kinds.count(k) / 600 < 0.4 for k in ("event", "distractor", "empty"))
+
+
 # ------------------------------------------------------------------------------------------- frame builders
 
 
@@ -423,7 +449,7 @@ def test_frame_path_with_exact_queries_reads_the_same_text(model, metas, train_t
 # ------------------------------------------------------------------------------------------- phases and data
 
 
-def test_phase_data_is_deterministic_follows_the_mix_and_never_asks_the_localizer(metas, train_table, text_pool):
+def test_phase_data_is_deterministic_follows_the_mix_and_asks_the_localizer_only_its_prior(metas, train_table, text_pool):
     recs, table = train_table
     pools = Pools(text_pool, ground_examples(table, metas), frame_qa_pool(table, recs),
                   event_frame_pool(table, metas))
@@ -438,7 +464,8 @@ def test_phase_data_is_deterministic_follows_the_mix_and_never_asks_the_localize
         for i, e in enumerate(items):
             spec = phase.mix[i % len(phase.mix)]
             assert e.task is spec.task
-            assert prompts.LOCALIZER_SUFFIX not in e.prompt
+            # the Localizer's prompt only in LOCALIZE, whose answer is blind to the event (test above)
+            assert (prompts.LOCALIZER_SUFFIX in e.prompt) == (e.task is Task.LOCALIZE)
             if e.task in (Task.FRAME_QA, Task.FRAME_MATCH):
                 assert e.frame in event  # QA only ever on frames inside the event
                 assert not e.prompt.startswith("Frame")  # the frame comes as query tokens, not text
@@ -475,7 +502,7 @@ def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, me
     assert not any(p.uses_frames for p in phases[:5])  # no frame task before "see"
     assert {t.task for t in phases[3].mix} == {Task.TEXT_QA, Task.MATCH}
     assert {t.n_frames for t in phases[3].mix if t.task is Task.TEXT_QA} == {1}  # one frame first ...
-    assert {t.task for t in phases[4].mix} == {Task.TEXT_QA, Task.YES_NO, Task.MATCH}
+    assert {t.task for t in phases[4].mix} == {Task.TEXT_QA, Task.YES_NO, Task.LOCALIZE, Task.MATCH}
     assert {t.n_frames for t in phases[4].mix if t.task is Task.TEXT_QA} == {1, 2, 4}  # ... then several
     assert [t.n_frames for t in phases[4].mix if t.context is Context.KEYFRAMES] == [4]  # and the Answerer's input
     assert all(t.context is Context.EMPTY for p in phases[:4] for t in p.mix)
@@ -492,7 +519,7 @@ def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, me
     held = HeldOut(BootstrapSettings(n_eval_text=5), 2, val_table, metas, val_recs)
     assert {p.gate.metric for p in phases if p.gate} <= set(held.names)
     assert set(held.names) == {"match2_acc", "match_acc", "text_acc", "multi_acc", "keyframes_acc", "yes_no_acc",
-                               "frame_qa_acc", "ground_acc", "ground_event_acc"}
+                               "localize_acc", "frame_qa_acc", "ground_acc", "ground_event_acc"}
     assert all(e.task is Task.FRAME_QA for e in held.sets["frame_qa_acc"])
 
 
@@ -622,6 +649,7 @@ def test_accuracies_read_the_argmax_of_each_example(model, metas, train_table, t
     mc = [text_qa_example(random.Random(i), text_pool[i], 2 + i % 4, 1 + i % 2) for i in range(7)]
     frame = [frame_qa_example(random.Random(i), *p) for i, p in enumerate(frame_qa_pool(table, recs))]
     yn = [yes_no_example(random.Random(i), text_pool[i]) for i in range(7)]
+    yn += [localize_example(random.Random(i), text_pool[i]) for i in range(7)]
     _, ids = model.require_tokenizer()
     with torch.no_grad():
         def right(e):
@@ -719,7 +747,8 @@ def test_bootstrap_saves_a_complete_frozen_model_with_twin_modules(world, tmp_pa
     assert seen["pixel_rows"] == n_train_videos * N_FRAMES + TINY.caption_images  # the videos' frames + the images
 
     assert {"train_seconds", "steps", "val_match_acc", "val_match2_acc", "val_text_acc", "val_multi_acc",
-            "val_yes_no_acc", "val_ground_acc", "val_ground_event_acc", "val_frame_qa_acc", "val_acc_event",
+            "val_yes_no_acc", "val_localize_acc", "val_ground_acc", "val_ground_event_acc", "val_frame_qa_acc",
+            "val_acc_event",
             "val_acc_outside", "val_n_event_frames", "val_n_outside_frames"} <= set(metrics)
     assert {f"steps_{p}" for p in PHASES} <= set(metrics)
     assert metrics["steps"] == sum(metrics[f"steps_{p}"] for p in PHASES)
@@ -728,7 +757,7 @@ def test_bootstrap_saves_a_complete_frozen_model_with_twin_modules(world, tmp_pa
     assert metrics["val_n_event_frames"] > 0
     assert metrics["val_n_event_frames"] + metrics["val_n_outside_frames"] == 16 * len(
         read_records(f"{world.paths.processed}/val.jsonl"))  # every val question x 16 frames
-    for k in ("val_match_acc", "val_text_acc", "val_multi_acc", "val_yes_no_acc", "val_ground_acc",
+    for k in ("val_match_acc", "val_text_acc", "val_multi_acc", "val_yes_no_acc", "val_localize_acc", "val_ground_acc",
               "val_acc_event", "val_acc_outside"):
         assert 0.0 <= metrics[k] <= 1.0, k
 

@@ -5,25 +5,26 @@ its own background, so the ViT + Q-Former can name a training target from anythi
 targets' shapes come out wrong. With the caption images (`caption_images`: single frames of fresh scenes, BLIP-2's
 image-text pre-training in this world) the target's shape is the only thing that predicts its word.
 
-The same `see` phase (GROUND only, the T5 frozen) is trained twice from the same initial weights, without and with
-caption images, and scored on the event frames of videos it never saw: the share whose every query's nearest
-embedding is its slot word (`ground_accuracy`). Measured on this machine over world seeds 5 / 6 / 7 (600 steps of
-32): without caption images 1.00 on the training videos' event frames and 0.37 / 0.33 / 0.58 on held-out ones; with
-them 0.90 / 0.62 / 0.84 held-out. The test runs seed 5; its bounds hold on all three.
+The production `see` phase (GROUND only, the T5 frozen; `curriculum` and `phase_train_config`, with fewer and
+smaller steps) is trained twice from the same initial weights, without and with caption images, and scored on the
+event frames of videos it never saw: the share whose every query's nearest embedding is its slot word
+(`ground_accuracy`). Measured on this machine over world seeds 5 / 6 / 7 (600 steps of 32): without caption images
+0.99-1.00 on the training videos' event frames and 0.32 / 0.33 / 0.32 on held-out ones; with them 0.78 / 0.76 / 0.79
+held-out. The test runs seed 5; its bounds hold on all three (the closest by 0.18).
 """
 from pathlib import Path
 
 import pytest
 import torch
 
-from sevila.bootstrap import BootstrapLoss, ground_accuracy, world_model_config
-from sevila.bootstrap_examples import (EMPTY_SLOTS, Phase, PhaseData, Pools, Task, TaskSpec, caption_images,
-                                       collate_examples, concat_tables, ground_examples, load_frame_table,
-                                       shows_event)
+from sevila.bootstrap import BootstrapLoss, curriculum, ground_accuracy, phase_train_config, world_model_config
+from sevila.bootstrap_examples import (EMPTY_SLOTS, PhaseData, Pools, caption_images, collate_examples,
+                                       concat_tables, ground_examples, load_frame_table, shows_event)
 from sevila.data import synth
 from sevila.model import SeViLA
+from sevila.settings import BootstrapSettings
 from sevila.tokenizer import build_tiny_tokenizer
-from sevila.train import TrainConfig, train
+from sevila.train import train
 
 STEPS, BATCH, IMAGES, FRAMES = 600, 32, 4000, 16
 
@@ -47,10 +48,11 @@ def see(root: Path, metas, table, tok):
     model.t5.requires_grad_(False)
     model.set_trainable(localizer=False, answerer=True)
     model.vision.requires_grad_(True)
-    phase = Phase("see", STEPS, (TaskSpec(Task.GROUND),), train_t5=False)
-    data = PhaseData(phase, STEPS * BATCH, 0, Pools([], ground_examples(table, metas), [], []))
-    cfg = TrainConfig(lr=2e-3, epochs=1, batch_size=BATCH, micro_batch=BATCH, weight_decay=0.01, warmup_steps=10,
-                      min_lr_ratio=0.0, grad_clip=1.0, checkpoint_every=10**6, seed=0, progress=False)
+    settings = BootstrapSettings(batch_size=BATCH, see_steps=STEPS)
+    phases = curriculum(settings)
+    k = [p.name for p in phases].index("see")  # the production phase and its training recipe, fewer and smaller steps
+    data = PhaseData(phases[k], STEPS * BATCH, 0, Pools([], ground_examples(table, metas), [], []))
+    cfg = phase_train_config(phases[k], settings, k, seed=0)
     train(model, data, BootstrapLoss(table.pixels), cfg, root / f"see{len(table)}", collate_fn=collate_examples,
           device="cpu")
     return model.eval()
@@ -70,4 +72,4 @@ def test_caption_images_make_the_vision_see_unseen_targets(small_world):
     remembered, recalled = event_grounding(alone, seen, metas), event_grounding(alone, unseen, metas)
     generalised = event_grounding(with_images, unseen, metas)
     assert remembered >= 0.9 and remembered - recalled >= 0.3  # alone, it remembers the training targets
-    assert generalised >= recalled + 0.15  # with the caption images it sees unseen ones
+    assert generalised >= recalled + 0.25  # with the caption images it sees unseen ones
