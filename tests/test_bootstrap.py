@@ -29,8 +29,8 @@ from sevila.bootstrap_examples import (EMPTY_SLOTS, IMAGE_META_OFFSET, MATCH_WOR
                                        Context, Gate, Phase, PhaseData, Pools, Task, TaskSpec, caption_images,
                                        concat_tables, event_frame_pool, event_rows, event_slots, frame_match_example,
                                        frame_qa_example, frame_qa_pool, frames_text, ground_examples, load_frame_table,
-                                       localize_example, match_example, outside_slots, shows_event, slot_text, slot_words, subset_options,
-                                       text_metas, text_qa_example, yes_no_example)
+                                       localize_example, match_example, outside_slots, shows_event, slot_text,
+                                       slot_words, subset_options, text_metas, text_qa_example, yes_no_example)
 from sevila.checkpoints import load_sevila, read_header
 from sevila.config import ConfigError, build, load_config
 from sevila.data import synth
@@ -449,7 +449,8 @@ def test_frame_path_with_exact_queries_reads_the_same_text(model, metas, train_t
 # ------------------------------------------------------------------------------------------- phases and data
 
 
-def test_phase_data_is_deterministic_follows_the_mix_and_asks_the_localizer_only_its_prior(metas, train_table, text_pool):
+def test_phase_data_is_deterministic_follows_the_mix_and_asks_the_localizer_only_its_prior(metas, train_table,
+                                                                                          text_pool):
     recs, table = train_table
     pools = Pools(text_pool, ground_examples(table, metas), frame_qa_pool(table, recs),
                   event_frame_pool(table, metas))
