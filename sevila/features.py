@@ -224,16 +224,25 @@ class FeatureCache:
 
     def get(self, video: str | Path, n_frames: int, start: float | None = None, end: float | None = None,
             sample: FrameSample | None = None, *, expect_key: str | None = None) -> tuple[torch.Tensor, FrameMeta]:
+        """Features and frame facts of the clip (`get_keyed` without its key)."""
+        features, meta, _ = self.get_keyed(video, n_frames, start, end, sample, expect_key=expect_key)
+        return features, meta
+
+    def get_keyed(self, video: str | Path, n_frames: int, start: float | None = None, end: float | None = None,
+                  sample: FrameSample | None = None, *, expect_key: str | None = None
+                  ) -> tuple[torch.Tensor, FrameMeta, str | None]:
         """Features and frame facts of `n_frames` uniformly sampled frames of the clip [start, end] of `video`.
 
         `sample` (optional) is the same clip already decoded by the caller with `read_frames(video, n_frames,
         start, end, size=image_size)`; on a miss it is encoded instead of decoding the video again. `expect_key`
         (with a cache folder): the key this clip had when first read; another key now means the video changed on
-        disk, a VideoError (the key is computed once either way: with content identity it reads 2 MiB)."""
+        disk, a VideoError (the key is computed once either way: with content identity it reads 2 MiB). Also returns
+        the key (None without a cache folder), so a caller that keeps the clip's `StoredFeatures` need not compute
+        it again."""
         video = Path(video)
         if n_frames < 1:
             raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-        path = fields = None
+        path = fields = key = None
         if self.root is not None:
             key, fields = self._key(video, n_frames, start, end)
             if expect_key is not None and key != expect_key:
@@ -244,7 +253,7 @@ class FeatureCache:
             if got is not None:
                 self.hits += 1
                 _touch(path)  # the record of last use that eviction orders by
-                return got
+                return (*got, key)
         self.misses += 1
         if sample is None:
             sample = read_frames(video, n_frames, start, end, size=self.model.config.image_size, backend=self.backend)
@@ -257,7 +266,7 @@ class FeatureCache:
             self._evict(keep=path)
         # Return what a later hit will return (the stored precision), so a run never depends on whether the
         # features came from the cache, were just computed, or are never cached.
-        return stored.float(), meta
+        return stored.float(), meta, key
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """pixels [n, 3, H, W] -> pre-LN ViT features [n, P, Dv] float32 on CPU, `chunk_size` frames per pass."""
@@ -505,14 +514,14 @@ def iter_clip_features(cache: FeatureCache, records: Iterable, video_root: str |
     for clip, recs in group_by_clip(records).items():
         try:
             path = resolve_video_path(video_root, clip.video, ext)
-            features, meta = cache.get(path, n_frames, clip.start, clip.end)
+            features, meta, key = cache.get_keyed(path, n_frames, clip.start, clip.end)
         except VideoError as e:
             if policy is BadVideoPolicy.FAIL:
                 raise
             for r in recs:
                 skip_log.add(getattr(r, "qid", clip.video), clip.video, e.kind, detail=str(e))
             continue
-        stored = StoredFeatures(cache, path, n_frames, clip.start, clip.end) if cache.root is not None else None
+        stored = StoredFeatures(cache, path, n_frames, clip.start, clip.end, key=key) if key is not None else None
         yield ClipFeatures(clip, features, meta, recs, stored)
 
 

@@ -200,8 +200,13 @@ def test_iter_clip_features_encodes_each_clip_once(tmp_path, videos, fresh_model
     assert skips.counts == {"not_found": 1} and skips.entries[0]["id"] == "bad"
     with pytest.raises(Exception, match="missing"):
         list(iter_clip_features(cache, recs, root, N))  # FAIL is the default policy
-    list(iter_clip_features(cache, recs[:5], root, N))
+    keys = []
+    real_key = cache._key
+    monkeypatch.setattr(cache, "_key", lambda *a: keys.append(a[0]) or real_key(*a))
+    again = list(iter_clip_features(cache, recs[:5], root, N))
     assert spy.vit_frames == 2 * N  # a second pass over the same questions: all hits
+    assert len(keys) == 2  # one cache key per clip per pass, shared with the clip's StoredFeatures
+    assert [c.stored.key for c in again] == [real_key(videos[v], N, None, None)[0] for v in ("v1", "v2")]
 
 
 def test_score_frames_matches_the_localizer_on_cached_features(tmp_path, videos, fresh_model):
