@@ -131,13 +131,18 @@ def slot_words(meta: Mapping[str, Any], t: float) -> tuple[str, ...]:
     if in_event(dict(meta), t):
         return ("big", objects[0]["colour"], objects[0]["shape"], ".")
     if objects:
-        return ("small", objects[0]["colour"], objects[0]["shape"], ".")
+        return small_slots(objects[0])
     return EMPTY_SLOTS
 
 
 def shows_event(example: Example) -> bool:
     """Whether a GROUND example's frame lies inside its video's event (its slot words name the big target)."""
     return example.slots[:1] == ("big",)
+
+
+def small_slots(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """Slot words of a frame outside the event whose first small object on screen is `obj` (a distractor)."""
+    return ("small", obj["colour"], obj["shape"], ".")
 
 
 def event_slots(meta: Mapping[str, Any]) -> tuple[str, ...]:
@@ -187,8 +192,7 @@ def outside_slots(rng: random.Random, meta: Mapping[str, Any]) -> tuple[str, ...
     """Slot words of a frame outside `meta`'s event: one of its small distractors, or (one time in five) nothing."""
     if rng.random() < 0.2:
         return EMPTY_SLOTS
-    d = rng.choice(meta["distractors"])
-    return ("small", d["colour"], d["shape"], ".")
+    return small_slots(rng.choice(meta["distractors"]))
 
 
 def frames_text(slots: Sequence[tuple[str, ...]]) -> str:
@@ -251,8 +255,7 @@ def localize_example(rng: random.Random, meta: Mapping[str, Any]) -> Example:
     if r < 1 / 3:
         slots = event_slots(meta)
     elif r < 2 / 3:
-        d = rng.choice(meta["distractors"])
-        slots = ("small", d["colour"], d["shape"], ".")
+        slots = small_slots(rng.choice(meta["distractors"]))
     else:
         slots = EMPTY_SLOTS
     if rng.random() < 0.5:
