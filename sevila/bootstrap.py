@@ -385,6 +385,10 @@ def _run_id(s: BootstrapSettings, world_dir: Path, records_dir: Path) -> str:
     return h.hexdigest()[:12]
 
 
+#: The tasks answered `yes` / `no` (held-out accuracy `yes_no_accuracy`); the others answer `Option X`.
+YES_NO_TASKS = frozenset({Task.YES_NO, Task.LOCALIZE})
+
+
 class HeldOut:
     """Held-out examples and the accuracies on them, by name (the gates' metrics): text tasks over world metadata
     no training example used, frames of the validation videos."""
@@ -412,7 +416,7 @@ class HeldOut:
         for name in names:
             if name in self.ground:
                 out[name] = ground_accuracy(model, self.pixels, self.ground[name])
-            elif name in ("yes_no_acc", "localize_acc"):
+            elif self.sets[name][0].task in YES_NO_TASKS:
                 out[name] = yes_no_accuracy(model, self.sets[name])
             else:
                 out[name] = choice_accuracy(model, self.sets[name], self.pixels)
@@ -438,6 +442,15 @@ def phase_train_config(phase: Phase, s: BootstrapSettings, index: int, seed: int
                        checkpoint_every=s.gate_every, eval_every=s.gate_every, seed=seed + index, progress=progress)
 
 
+def bootstrap_trainable(model: SeViLA, train_t5: bool) -> None:
+    """What a bootstrap phase trains: the ViT and the Answerer's bridge always, the T5 while the phase says so
+    (frozen from `see` on, as SeViLA keeps it), never the Localizer's bridge (the Answerer's is copied into it at
+    the end)."""
+    model.vision.requires_grad_(True)
+    model.set_trainable(localizer=False, answerer=True)
+    model.t5.requires_grad_(train_t5)
+
+
 def run_phases(model: SeViLA, phases: Sequence[Phase], s: BootstrapSettings, attempt: int, pools: Pools,
                held: HeldOut, loss_fn, work: Path, *, stop_at_failure: bool, progress: bool
                ) -> tuple[list[dict[str, Any]], int]:
@@ -454,7 +467,7 @@ def run_phases(model: SeViLA, phases: Sequence[Phase], s: BootstrapSettings, att
         seed = s.seed + RESTART_SEED * attempt
         cfg = phase_train_config(phase, s, k, seed, progress)
         data = PhaseData(phase, phase.steps * s.batch_size, seed, pools)
-        model.t5.requires_grad_(phase.train_t5)
+        bootstrap_trainable(model, phase.train_t5)
         result = train(model, data, loss_fn, cfg, root / f"{k}_{phase.name}", collate_fn=collate_examples,
                        eval_fn=lambda m, names=names: held(m, names), should_stop=gate_check(phase), device="cpu")
         metrics = result.final_metrics
@@ -537,10 +550,7 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     for attempt in range(s.restarts + 1):
         # a restart is a fresh draw of the whole trajectory: other initial weights, data order and dropout
         torch.manual_seed(s.seed + RESTART_SEED * attempt)
-        model = SeViLA(config, tok)
-        model.vision.requires_grad_(True)
-        model.t5.requires_grad_(True)
-        model.set_trainable(localizer=False, answerer=True)
+        model = SeViLA(config, tok)  # what each phase trains: `bootstrap_trainable`, set in run_phases
         last = attempt == s.restarts
         tried, steps = run_phases(model, phases, s, attempt, pools, held, loss_fn, work / run_id,
                                   stop_at_failure=not last, progress=progress)

@@ -144,9 +144,18 @@ class VariantConfig:
     n_keyframes: int = 4
     localizer: LocalizerId = LocalizerId.QVH_SR
     answerer: AnswererId = AnswererId.FINETUNED
+    # fusion vote: each frame read alone fills this many keyframe slots (SeViLA.answer). 1 = the official per-frame
+    # input (BLIP-2 reads one image); an Answerer fine-tuned on k keyframes never saw a one-frame input, so its
+    # oracle gives each frame all k slots: still one frame's content, in the format it answers in
+    frame_slots: int = 1
 
     def __post_init__(self) -> None:
         check_frames(self.n_frames, self.n_keyframes)
+        if self.frame_slots < 1:
+            raise InvalidSetting("frame_slots", self.frame_slots, "must be >= 1")
+        if self.frame_slots > 1 and self.fusion is not Fusion.VOTE:
+            raise InvalidSetting("frame_slots", self.frame_slots,
+                                 f"is for frames read alone (fusion: vote), not fusion: {self.fusion.value}")
 
 
 def check_frames(n_frames: int, n_keyframes: int) -> None:

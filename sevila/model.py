@@ -428,18 +428,25 @@ class SeViLA(nn.Module):
             truncated=text.truncated,  # [B]
         )
 
-    def per_frame_inputs(self, module: str, features: torch.Tensor, texts: Sequence[str]) -> EncoderInputs:
-        """Each frame its own sequence `[Frame: ][q][prompt]`: features [B, T, P, Dv] -> rows [B*T, L, d]."""
+    def per_frame_inputs(self, module: str, features: torch.Tensor, texts: Sequence[str], slots: int = 1
+                         ) -> EncoderInputs:
+        """Each frame its own sequence: features [B, T, P, Dv] -> rows [B*T, L, d]. `slots` 1: `[Frame: ][q][prompt]`,
+        the official per-frame path. `slots` k: the ONE frame in all k keyframe slots, `[Frame 1: ][q]..[Frame k: ][q]
+        [prompt]`: still one frame's content, in the input an Answerer fine-tuned on k keyframes was trained on
+        (the oracle of such an Answerer, `answer(frame_slots=k)`)."""
         self._check_features(features, f"{module} per-frame inputs")
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1 (keyframe slots each frame fills), got {slots}")
         b, t = features.shape[:2]
         _check_batch(texts, b, "prompts")
         text = self._repeat_rows(self.tokenize(texts), t)  # [B*T, Lt]
         if b > 1 and features.stride(0) == 0:  # B questions over one clip's T frames: T Q-Former passes, not B*T
             queries = self._bridge_queries(self.bridge(module), features[:1])  # [1, T, Q, d]
             queries = queries.expand(b, *queries.shape[1:]).reshape(b * t, 1, *queries.shape[2:])  # [B*T, 1, Q, d]
-            return self.assemble(queries, text)
-        frames = features.reshape(b * t, 1, *features.shape[2:])  # [B*T, 1, P, Dv]
-        return self._sequences(self.bridge(module), frames, text)
+        else:
+            frames = features.reshape(b * t, 1, *features.shape[2:])  # [B*T, 1, P, Dv]
+            queries = self._bridge_queries(self.bridge(module), frames)  # [B*T, 1, Q, d]
+        return self.assemble(queries.expand(-1, slots, -1, -1), text)  # [B*T, slots, Q, d] (a view) -> rows
 
     def answerer_inputs(self, features: torch.Tensor, texts: Sequence[str]) -> EncoderInputs:
         """All K frames of a question in one sequence: features [B, K, P, Dv] -> rows [B, L, d]."""
@@ -518,12 +525,12 @@ class SeViLA(nn.Module):
         return AnswererOutput(option_logits=logits, pred=logits.argmax(dim=1), truncated=inputs.truncated)
 
     def answer_each_frame(self, features: torch.Tensor, qa_prompts: Sequence[str],
-                          n_options: Sequence[int] | torch.Tensor) -> AnswererOutput:
+                          n_options: Sequence[int] | torch.Tensor, slots: int = 1) -> AnswererOutput:
         """The Answerer on each frame ALONE, frames as batch items (VOTE, ORACLE, reverse-chain pseudo-labels):
-        features [B, T, P, Dv] -> option logits [B, T, C], predictions [B, T]."""
+        features [B, T, P, Dv] -> option logits [B, T, C], predictions [B, T]. `slots`: `per_frame_inputs`."""
         b, t = features.shape[:2]
         n_opt = _n_options(n_options, b).repeat_interleave(t)  # [B*T]
-        inputs = self.per_frame_inputs("answerer", features, qa_prompts)  # [B*T, L, d]
+        inputs = self.per_frame_inputs("answerer", features, qa_prompts, slots)  # [B*T, L, d]
         logits = self.option_logits(inputs, n_opt).view(b, t, -1)  # [B, T, C]
         return AnswererOutput(option_logits=logits, pred=logits.argmax(dim=2), truncated=inputs.truncated)
 
@@ -567,6 +574,7 @@ class SeViLA(nn.Module):
         n_keyframes: int,
         loc_prompts: Sequence[str] | None = None,
         gold: Sequence[int] | torch.Tensor | None = None,
+        frame_slots: int = 1,
     ) -> AnswerResult:
         """Answer B questions from their T sampled frames, features [B, T, P, Dv].
 
@@ -576,6 +584,8 @@ class SeViLA(nn.Module):
           ALL       + VOTE    BLIP-2 voting: every frame answered alone, majority vote (UNIFORM + VOTE: k frames)
           ORACLE    + VOTE    upper bound: every frame answered alone; correct iff any frame is (needs `gold`)
         ORACLE with CONCAT is refused (the oracle is defined on single-frame answers).
+        frame_slots (VOTE only): each frame read alone fills this many keyframe slots (`per_frame_inputs`); 1 is the
+        official per-frame path, k the format of an Answerer fine-tuned on k keyframes.
         """
         selector, fusion = Selector(selector), Fusion(fusion)
         self._check_features(features, "answer")
@@ -589,6 +599,8 @@ class SeViLA(nn.Module):
         device = features.device
         result_extra: dict[str, Any] = {}
 
+        if frame_slots != 1 and fusion is not Fusion.VOTE:
+            raise ValueError(f"frame_slots={frame_slots} is for frames read alone (fusion=vote), not {fusion.value}")
         if selector is Selector.ORACLE:
             if fusion is not Fusion.VOTE:
                 raise ValueError("the oracle is defined on single-frame answers: use fusion=vote with selector=oracle")
@@ -613,7 +625,7 @@ class SeViLA(nn.Module):
             pred = out.pred  # [B]
             result_extra["option_logits"] = out.option_logits
         else:
-            out = self.answer_each_frame(chosen, qa_prompts, n_opt)  # [B, K, C]
+            out = self.answer_each_frame(chosen, qa_prompts, n_opt, frame_slots)  # [B, K, C]
             pred = vote(out.option_logits)  # [B]
             result_extra["per_frame_logits"] = out.option_logits
 

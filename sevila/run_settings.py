@@ -47,7 +47,8 @@ STAGE_INPUTS: dict[str, tuple[tuple[str, InputContext], ...]] = {
     "finetune_answerer": (("train", InputContext.TRAIN),),
 }
 # The variant settings an evaluate run logs as params, by their short (tag) names.
-VARIANT_KEYS: tuple[str, ...] = ("study", "selector", "fusion", "n_frames", "n_keyframes", "localizer", "answerer")
+VARIANT_KEYS: tuple[str, ...] = ("study", "selector", "fusion", "n_frames", "n_keyframes", "localizer", "answerer",
+                                "frame_slots")
 
 
 def _lookup(tree: dict, path: str) -> Any:

@@ -21,10 +21,10 @@ import yaml
 
 from sevila import bootstrap as boot
 from sevila import prompts
-from sevila.bootstrap import (BootstrapLoss, BootstrapSettings, HeldOut, Verdict, bootstrap_backbone, choice_accuracy,
-                              curriculum, gate_verdict, ground_accuracy, ground_loss, phase_verdict, slot_ids,
-                              text_inputs, world_model_config, yes_no_accuracy, _metas_by_video,
-                              _world_tokenizer_texts)
+from sevila.bootstrap import (YES_NO_TASKS, BootstrapLoss, BootstrapSettings, HeldOut, Verdict, bootstrap_backbone,
+                              bootstrap_trainable, choice_accuracy, curriculum, gate_verdict, ground_accuracy,
+                              ground_loss, phase_verdict, slot_ids, text_inputs, world_model_config, yes_no_accuracy,
+                              _metas_by_video, _world_tokenizer_texts)
 from sevila.bootstrap_examples import (EMPTY_SLOTS, IMAGE_META_OFFSET, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET,
                                        Context, Gate, Phase, PhaseData, Pools, Task, TaskSpec, caption_images,
                                        concat_tables, event_frame_pool, event_rows, event_slots, frame_match_example,
@@ -522,6 +522,8 @@ def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, me
     assert set(held.names) == {"match2_acc", "match_acc", "text_acc", "multi_acc", "keyframes_acc", "yes_no_acc",
                                "localize_acc", "frame_qa_acc", "ground_acc", "ground_event_acc"}
     assert all(e.task is Task.FRAME_QA for e in held.sets["frame_qa_acc"])
+    # the yes/no sets are read by yes/no accuracy because of their examples' task, not their names
+    assert {n for n, exs in held.sets.items() if exs[0].task in YES_NO_TASKS} == {"yes_no_acc", "localize_acc"}
 
 
 # ------------------------------------------------------------------------------------------- model and loss
@@ -552,9 +554,8 @@ def _mixed_batch(metas, table, recs, text_pool):
 def test_loss_trains_vision_only_through_frame_tasks(tok, metas, train_table, text_pool):
     recs, table = train_table
     model = _model(tok)
-    model.vision.requires_grad_(True)
-    model.t5.requires_grad_(True)
-    model.set_trainable(localizer=False, answerer=True)
+    bootstrap_trainable(model, train_t5=True)
+    assert not any(p.requires_grad for p in model.localizer.parameters())  # the Localizer's bridge never trains
     model.train()
     loss_fn = BootstrapLoss(table.pixels)
     text, frames = _mixed_batch(metas, table, recs, text_pool)

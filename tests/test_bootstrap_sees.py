@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sevila.bootstrap import BootstrapLoss, curriculum, ground_accuracy, phase_train_config, world_model_config
+from sevila.bootstrap import (BootstrapLoss, bootstrap_trainable, curriculum, ground_accuracy, phase_train_config,
+                              world_model_config)
 from sevila.bootstrap_examples import (EMPTY_SLOTS, PhaseData, Pools, caption_images, collate_examples,
                                        concat_tables, ground_examples, load_frame_table, shows_event)
 from sevila.data import synth
@@ -45,12 +46,10 @@ def see(root: Path, metas, table, tok):
     """The bootstrap's `see` phase on `table`'s frames (GROUND only, T5 frozen), from fixed initial weights."""
     torch.manual_seed(0)
     model = SeViLA(world_model_config(len(tok), 32), tok)
-    model.t5.requires_grad_(False)
-    model.set_trainable(localizer=False, answerer=True)
-    model.vision.requires_grad_(True)
     settings = BootstrapSettings(batch_size=BATCH, see_steps=STEPS)
     phases = curriculum(settings)
     k = [p.name for p in phases].index("see")  # the production phase and its training recipe, fewer and smaller steps
+    bootstrap_trainable(model, phases[k].train_t5)
     data = PhaseData(phases[k], STEPS * BATCH, 0, Pools([], ground_examples(table, metas), [], []))
     cfg = phase_train_config(phases[k], settings, k, seed=0)
     train(model, data, BootstrapLoss(table.pixels), cfg, root / f"see{len(table)}", collate_fn=collate_examples,

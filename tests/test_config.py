@@ -63,6 +63,10 @@ def test_exponents_without_a_dot_are_numbers(tmp_path):
          "evaluate.variants.v.n_keyframes: 0 must be between 1 and n_frames=8"),
         ("", ["evaluate.variants.v={study: x, selector: localizer_uniform}"], "evaluate.variants.v.selector: "
          "'localizer_uniform' is not one of ['uniform', 'localizer', 'oracle', 'all']"),
+        ("", ["evaluate.variants.v={study: oracle, selector: oracle, fusion: vote, frame_slots: 0}"],
+         "evaluate.variants.v.frame_slots: 0 must be >= 1"),
+        ("", ["evaluate.variants.v={study: frames, frame_slots: 4}"],
+         "evaluate.variants.v.frame_slots: 4 is for frames read alone (fusion: vote), not fusion: concat"),
         ("", ["round=0"], "round: 0 must be >= 1"),
         # the bootstrap recipe is a typed section like every other (sevila.settings.BootstrapSettings)
         ("bootstrap:\n  text_steps: 5\n", [], "bootstrap: unknown setting(s) ['text_steps']"),

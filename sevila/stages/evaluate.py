@@ -36,7 +36,7 @@ def answer_clip(model, v: VariantConfig, features: torch.Tensor, meta, records) 
         gold = [r.answer for r in recs] if all(r.answer is not None for r in recs) else None
         feats = features[None].expand(len(recs), *features.shape).to(dev)  # [Q, T, P, D]
         res = model.answer(feats, list(qa), [len(r.options) for r in recs], selector=v.selector, fusion=v.fusion,
-                           n_keyframes=v.n_keyframes, loc_prompts=list(loc), gold=gold)
+                           n_keyframes=v.n_keyframes, loc_prompts=list(loc), gold=gold, frame_slots=v.frame_slots)
         for q, r in enumerate(recs):
             frames = res.frames[q].cpu().numpy()
             row = {"qid": r.qid, "qtype": r.qtype, "answer": r.answer, "pred": int(res.pred[q]),

@@ -286,6 +286,30 @@ def test_per_frame_answers_are_batched_single_frame_answers(tiny_model, batch):
         assert torch.allclose(per.option_logits[:, t], alone.option_logits, atol=ATOL)
 
 
+@torch.no_grad()
+def test_a_frame_in_k_slots_is_the_answerer_on_that_frame_repeated(tiny_model, batch):
+    """frame_slots=k (the oracle of an Answerer fine-tuned on k keyframes): each frame alone, in all k slots, is
+    exactly `answer_frames` on k copies of it; over one clip's frames shared by every question (stride 0) too."""
+    feats, qa, n_opt = batch["features"][:, :4], batch["qa"], batch["n_options"]
+    in3 = tiny_model.answer_each_frame(feats, qa, n_opt, slots=3)
+    assert in3.option_logits.shape == (3, 4, 5)
+    for t in (0, 2):
+        copies = tiny_model.answer_frames(feats[:, [t, t, t]], qa, n_opt)  # "Frame 1: " .. "Frame 3: " prefixes
+        assert torch.allclose(in3.option_logits[:, t], copies.option_logits, atol=ATOL)
+    shared = feats[:1].expand(3, *feats.shape[1:])  # [3, 4, P, D], stride 0: one clip, three questions
+    one_clip = tiny_model.answer_each_frame(shared, qa, n_opt, slots=3)
+    assert torch.allclose(one_clip.option_logits[:, 1], tiny_model.answer_frames(
+        shared[:, [1, 1, 1]].contiguous(), qa, n_opt).option_logits, atol=ATOL)
+    assert not torch.allclose(in3.option_logits, tiny_model.answer_each_frame(feats, qa, n_opt).option_logits,
+                              atol=ATOL)  # 3 slots is another input than the official one-frame one
+    res = tiny_model.answer(feats, qa, n_opt, selector="oracle", fusion="vote", n_keyframes=4, gold=[0, 1, 0],
+                            frame_slots=3)
+    assert torch.equal(res.per_frame_logits, in3.option_logits)
+    assert res.correct.tolist() == [bool((in3.pred[b] == g).any()) for b, g in enumerate([0, 1, 0])]
+    with pytest.raises(ValueError, match="slots must be >= 1"):
+        tiny_model.answer_each_frame(feats, qa, n_opt, slots=0)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Selector x fusion end to end, against recomputation
 # ---------------------------------------------------------------------------------------------------------------
@@ -377,6 +401,8 @@ def test_answer_refuses_ill_posed_modes(tiny_model, batch):
         tiny_model.answer(feats, qa, n_opt, selector="oracle", fusion="concat", n_keyframes=2, gold=[0, 0, 0])
     with pytest.raises(ValueError, match="gold"):
         tiny_model.answer(feats, qa, n_opt, selector="oracle", fusion="vote", n_keyframes=2)
+    with pytest.raises(ValueError, match="frame_slots=4 is for frames read alone"):
+        tiny_model.answer(feats, qa, n_opt, selector="uniform", fusion="concat", n_keyframes=2, frame_slots=4)
     with pytest.raises(ValueError, match="loc_prompts"):
         tiny_model.answer(feats, qa, n_opt, selector="localizer", fusion="concat", n_keyframes=2)
     with pytest.raises(ValueError, match="n_options out of 1..5"):

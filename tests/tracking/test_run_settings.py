@@ -23,12 +23,13 @@ def test_an_evaluate_run_logs_its_variant_not_the_pipeline_defaults():
     assert cfg.frames.n_frames == 32  # the pipeline default the 8 -> 1 run used to show
     assert variant_params(cfg, "f8k1_qvh_sr") == {
         "variant": "f8k1_qvh_sr", "study": "frames", "selector": "localizer", "fusion": "concat", "n_frames": 8,
-        "n_keyframes": 1, "localizer": "qvh_sr", "answerer": "finetuned", "split": "test", "round": 1,
-        "model": {"weights": "models/backbone", "backbone": None, "device": "auto"},
+        "n_keyframes": 1, "localizer": "qvh_sr", "answerer": "finetuned", "frame_slots": 1, "split": "test",
+        "round": 1, "model": {"weights": "models/backbone", "backbone": None, "device": "auto"},
         "frames": {"bad_video": "fail"}}
     assert set(tr.flatten_params(variant_params(cfg, "voting"))) == {
-        "variant", "study", "selector", "fusion", "n_frames", "n_keyframes", "localizer", "answerer", "split",
-        "round", "model.weights", "model.backbone", "model.device", "frames.bad_video"}
+        "variant", "study", "selector", "fusion", "n_frames", "n_keyframes", "localizer", "answerer", "frame_slots",
+        "split", "round", "model.weights", "model.backbone", "model.device", "frames.bad_video"}
+    assert variant_params(cfg, "oracle")["frame_slots"] == 4  # SeViLA's Answerer reads each frame in its 4 slots
 
 
 def test_a_training_stage_logs_its_section_and_the_shared_settings_it_reads():
@@ -151,8 +152,8 @@ def test_pseudo_label_refine_and_evaluate_runs_record_own_settings_and_inputs(ch
     ev = _one_run(Phase.EVALUATE)
     assert ev.data.params == {
         "variant": "f4k1_sr", "study": "frames", "selector": "localizer", "fusion": "concat", "n_frames": "4",
-        "n_keyframes": "1", "localizer": "sr", "answerer": "zero_shot", "split": "test", "round": "1",
-        "model.weights": cfg.model.weights, "model.backbone": "null", "model.device": "auto",
+        "n_keyframes": "1", "localizer": "sr", "answerer": "zero_shot", "frame_slots": "1", "split": "test",
+        "round": "1", "model.weights": cfg.model.weights, "model.backbone": "null", "model.device": "auto",
         "frames.bad_video": "fail"}
     assert {k: ev.data.tags[k] for k in ("n_frames", "n_keyframes", "selector", "study")} == {
         "n_frames": "4", "n_keyframes": "1", "selector": "localizer", "study": "frames"}
