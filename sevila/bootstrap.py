@@ -205,8 +205,9 @@ class BootstrapLoss:
     for the multiple-choice tasks, `ground_loss` for GROUND). One T5 pass per task, not per batch: a short MATCH
     prompt is not padded to a long TEXT_QA one."""
 
-    def __init__(self, pixels: torch.Tensor) -> None:
+    def __init__(self, pixels: torch.Tensor, z_loss: float = 0.0) -> None:
         self.pixels = pixels  # [N, 3, S, S] training frames
+        self.z_loss = z_loss  # (log Z)^2 weight while the T5 trains (`BootstrapSettings.z_loss`, `SeViLA.lm_loss`)
 
     def __call__(self, model: SeViLA, batch: Sequence[Example]) -> torch.Tensor:
         groups: dict[Task, list[Example]] = {}
@@ -216,6 +217,7 @@ class BootstrapLoss:
         frames = [e for task in Task if task.uses_frame for e in groups.get(task, ())]  # in loop order
         if frames:  # one ViT pass for every frame of the batch
             feats = model.vision_features(self.pixels[[e.frame for e in frames]])  # [n, P, Dv]
+        z_loss = self.z_loss if model.t5.get_input_embeddings().weight.requires_grad else 0.0  # frozen T5: none
         start = 0
         for task in Task:
             exs = groups.get(task)
@@ -229,7 +231,7 @@ class BootstrapLoss:
                                                     [e.prompt for e in exs])
                 else:
                     inputs = text_inputs(model, [e.prompt for e in exs])
-                total = total + model.lm_loss(inputs, [e.target for e in exs]) * len(exs)
+                total = total + model.lm_loss(inputs, [e.target for e in exs], z_loss) * len(exs)
             if task.uses_frame:
                 start += len(exs)
         return total / len(batch)
@@ -541,7 +543,7 @@ def bootstrap_backbone(world_dir: str | Path, records_dir: str | Path, out_dir: 
     pools = Pools(text_pool, ground_examples(seen, seen_metas), frame_qa_pool(train_table, train_recs),
                   event_frame_pool(seen, seen_metas))
     held = HeldOut(s, world_seed, val_table, metas, val_recs)
-    loss_fn = BootstrapLoss(seen.pixels)  # rows of train_table first, so frame_qa_pool's rows index it too
+    loss_fn = BootstrapLoss(seen.pixels, s.z_loss)  # rows of train_table first: frame_qa_pool's rows index it
     setup_seconds = time.perf_counter() - t_start
 
     history: list[dict[str, Any]] = []

@@ -547,8 +547,11 @@ class SeViLA(nn.Module):
         targets = [prompts.answer_target(a, lim) for a, lim in zip(answers, limits)]
         return self.lm_loss(inputs, targets), inputs.truncated
 
-    def lm_loss(self, inputs: EncoderInputs, targets: list[str]) -> torch.Tensor:
-        """Mean token cross-entropy of target texts (incl. </s>), pads ignored: the official `outputs.loss`."""
+    def lm_loss(self, inputs: EncoderInputs, targets: list[str], z_loss: float = 0.0) -> torch.Tensor:
+        """Mean token cross-entropy of target texts (incl. </s>), pads ignored: the official `outputs.loss`.
+        `z_loss` > 0 (the synthetic bootstrap only, never the chain) adds z_loss * mean (log Z)^2 of the first decoder
+        step, Z its softmax normaliser: it keeps a raw logit close to a log-probability at the step whose raw `yes`
+        logit is the Localizer's score."""
         tok, _ = self.require_tokenizer()
         enc = tok(targets, padding="longest", return_tensors="pt")
         labels = enc.input_ids.masked_fill(enc.input_ids == tok.pad_token_id, -100).to(inputs.embeds.device)
@@ -559,6 +562,9 @@ class SeViLA(nn.Module):
             decoder_attention_mask=enc.attention_mask.to(inputs.embeds.device),  # [N, S]
             use_cache=False,
         )
+        if z_loss:
+            log_z = out.logits[:, 0, :].float().logsumexp(-1)  # [N] first decoder step (teacher forced from start)
+            return out.loss + z_loss * (log_z ** 2).mean()
         return out.loss
 
     # ---- the chain ---------------------------------------------------------------------------------------------

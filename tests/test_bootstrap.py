@@ -551,6 +551,24 @@ def _mixed_batch(metas, table, recs, text_pool):
     return text, frames
 
 
+@torch.no_grad()
+def test_z_loss_adds_the_first_step_log_normaliser_only_while_the_t5_trains(tok, metas, train_table, text_pool):
+    """z_loss: + c * mean (log Z)^2 of the first decoder step (the step the Localizer's raw `yes` logit is read at),
+    pinned against `decode`; a frozen T5 (phase `see` on) gets none."""
+    recs, table = train_table
+    model = _model(tok)
+    text, _ = _mixed_batch(metas, table, recs, text_pool)
+    inputs, targets = text_inputs(model, [e.prompt for e in text]), [e.target for e in text]
+    first = model.decode(inputs, model.start_ids(len(text)))[:, 0, :]  # [N, V]
+    expected = model.lm_loss(inputs, targets) + 0.01 * (first.logsumexp(-1) ** 2).mean()
+    assert model.lm_loss(inputs, targets, z_loss=0.01) == pytest.approx(float(expected), rel=1e-5)
+    assert float((first.logsumexp(-1) ** 2).mean()) > 0.1  # the term is not vanishing here
+    bootstrap_trainable(model, train_t5=True)
+    assert BootstrapLoss(table.pixels, 0.01)(model, text) > BootstrapLoss(table.pixels)(model, text)
+    bootstrap_trainable(model, train_t5=False)
+    assert BootstrapLoss(table.pixels, 0.01)(model, text) == BootstrapLoss(table.pixels)(model, text)
+
+
 def test_loss_trains_vision_only_through_frame_tasks(tok, metas, train_table, text_pool):
     recs, table = train_table
     model = _model(tok)

@@ -72,6 +72,7 @@ def test_exponents_without_a_dot_are_numbers(tmp_path):
         ("bootstrap:\n  text_steps: 5\n", [], "bootstrap: unknown setting(s) ['text_steps']"),
         ("", ["bootstrap.batch_size=0"], "bootstrap.batch_size: 0 must be >= 1"),
         ("", ["bootstrap.gate=2"], "bootstrap.gate: 2.0 must be in (0, 1]"),
+        ("", ["bootstrap.z_loss=-0.1"], "bootstrap.z_loss: -0.1 must be >= 0"),
         ("", ["bootstrap.seed=zero"], "bootstrap.seed: expected an integer, got 'zero'"),
     ],
 )
