@@ -756,15 +756,16 @@ def test_bootstrap_saves_a_complete_frozen_model_with_twin_modules(world, tmp_pa
         return real_save(model, out_dir, **kw)
 
     class SpyLoss(BootstrapLoss):
-        def __init__(self, pixels):
-            seen["pixel_rows"] = len(pixels)
-            super().__init__(pixels)
+        def __init__(self, pixels, z_loss):
+            seen["pixel_rows"], seen["z_loss"] = len(pixels), z_loss
+            super().__init__(pixels, z_loss)
 
     monkeypatch.setattr(boot, "save_sevila", spy)
     monkeypatch.setattr(boot, "BootstrapLoss", SpyLoss)
     metrics = bootstrap_backbone(world.paths.world, world.paths.processed, out, TINY, progress=False)
     n_train_videos = len({r.video for r in read_records(f"{world.paths.processed}/train.jsonl")})
     assert seen["pixel_rows"] == n_train_videos * N_FRAMES + TINY.caption_images  # the videos' frames + the images
+    assert seen["z_loss"] == TINY.z_loss  # the setting reaches the loss
 
     assert {"train_seconds", "steps", "val_match_acc", "val_match2_acc", "val_text_acc", "val_multi_acc",
             "val_yes_no_acc", "val_localize_acc", "val_ground_acc", "val_ground_event_acc", "val_frame_qa_acc",
