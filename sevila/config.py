@@ -144,18 +144,31 @@ class VariantConfig:
     n_keyframes: int = 4
     localizer: LocalizerId = LocalizerId.QVH_SR
     answerer: AnswererId = AnswererId.FINETUNED
-    # fusion vote: each frame read alone fills this many keyframe slots (SeViLA.answer). 1 = the official per-frame
-    # input (BLIP-2 reads one image); an Answerer fine-tuned on k keyframes never saw a one-frame input, so its
-    # oracle gives each frame all k slots: still one frame's content, in the format it answers in
-    frame_slots: int = 1
+    # fusion vote: each frame read alone fills this many keyframe slots (SeViLA.answer). null (the default) = the
+    # input the Answerer was trained on, set by Config: 1 for the zero-shot one (the official per-frame input,
+    # BLIP-2 reads one image); frames.n_keyframes for one fine-tuned on that many keyframes, which never saw a
+    # one-frame input, so its oracle gives each frame all k slots: one frame's content, in the format it answers in
+    frame_slots: int | None = None
 
     def __post_init__(self) -> None:
         check_frames(self.n_frames, self.n_keyframes)
+        if self.frame_slots is None:
+            return
         if self.frame_slots < 1:
             raise InvalidSetting("frame_slots", self.frame_slots, "must be >= 1")
         if self.frame_slots > 1 and self.fusion is not Fusion.VOTE:
             raise InvalidSetting("frame_slots", self.frame_slots,
                                  f"is for frames read alone (fusion: vote), not fusion: {self.fusion.value}")
+
+
+def frame_slots(v: VariantConfig, finetuned_keyframes: int) -> int:
+    """The keyframe slots each frame read alone fills: `v.frame_slots` if set; if null, the number of frames the
+    variant's Answerer was trained to read: `finetuned_keyframes` (frames.n_keyframes, what finetune_answerer
+    trains on, so the paper settings of a real run count) for a fine-tuned one under vote fusion (its oracle, README
+    "Which oracle bounds SeViLA"), else 1 (the zero-shot one; concat fusion does not read the field)."""
+    if v.frame_slots is not None:
+        return v.frame_slots
+    return finetuned_keyframes if v.fusion is Fusion.VOTE and v.answerer.finetuned else 1
 
 
 def check_frames(n_frames: int, n_keyframes: int) -> None:

@@ -23,7 +23,7 @@ import dataclasses
 from typing import Any, Iterator, Sequence
 
 from sevila.chain import records_file
-from sevila.config import Config, to_dict
+from sevila.config import Config, frame_slots, to_dict
 from sevila.tracking import InputContext, InputFile, MlflowRunLogger, Phase, RunTags, start_run
 
 SYNTH = "synth"  # the embedded default's dataset name: its runs carry the world's seed (sevila.seeds)
@@ -82,7 +82,8 @@ def variant_params(cfg: Config, variant: str) -> dict[str, Any]:
     if variant not in cfg.evaluate.variants:
         raise ValueError(f"run_settings: {variant!r} is not in evaluate.variants; known: "
                          f"{sorted(cfg.evaluate.variants)}")
-    v = to_dict(cfg.evaluate.variants[variant])
+    v = to_dict(cfg.evaluate.variants[variant]) | {
+        "frame_slots": frame_slots(cfg.evaluate.variants[variant], cfg.frames.n_keyframes)}  # null resolved
     return {"variant": variant, **{k: v[k] for k in VARIANT_KEYS}, "split": cfg.evaluate.split,
             "round": cfg.round, "model": to_dict(cfg.model), "frames": {"bad_video": cfg.frames.bad_video.value}}
 

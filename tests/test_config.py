@@ -102,6 +102,21 @@ def test_variant_modes_are_the_selection_enums(tmp_path):
     assert not v.selector.uses_keyframes and selection.Selector.UNIFORM.uses_keyframes
 
 
+def test_frame_slots_default_to_the_input_the_answerer_was_trained_on(tmp_path):
+    # null: a fine-tuned Answerer read by vote gets frames.n_keyframes slots (what finetune_answerer trained it on),
+    # the zero-shot one and concat fusion 1; a set value stays
+    p = tmp_path / "params.yaml"
+    p.write_text("frames: {n_keyframes: 8}\nevaluate:\n  variants:\n"
+                 "    oracle: {study: oracle, selector: oracle, fusion: vote}\n"
+                 "    oracle_zs: {study: oracle, selector: oracle, fusion: vote, answerer: zero_shot}\n"
+                 "    set: {study: oracle, selector: oracle, fusion: vote, frame_slots: 3}\n"
+                 "    concat: {study: frames}\n")
+    cfg = load_config(p)
+    assert cfg.evaluate.variants["oracle"].frame_slots is None  # resolved where read, after the paper settings
+    assert {name: config.frame_slots(v, cfg.frames.n_keyframes) for name, v in cfg.evaluate.variants.items()} == {
+        "oracle": 8, "oracle_zs": 1, "set": 3, "concat": 1}
+
+
 def test_one_home_per_setting():
     assert config.Selector is selection.Selector is settings.Selector
     assert config.TrainConfig is sevila.train.TrainConfig is settings.TrainConfig

@@ -33,7 +33,7 @@ VARIANTS: dict[str, dict] = {
     "uniform_k2": {"study": "baseline", "selector": "uniform", "n_frames": 4, "n_keyframes": 2,
                    "answerer": "finetuned_uniform"},
     "voting": {"study": "baseline", "selector": "all", "fusion": "vote", "n_frames": 4, "answerer": "zero_shot"},
-    "oracle": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 4, "frame_slots": N_KEYFRAMES},
+    "oracle": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 4},
     "oracle_zero_shot": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 4,
                          "answerer": "zero_shot"},
 }

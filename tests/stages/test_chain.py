@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from sevila import cli
+from sevila import cli, tracking
 from sevila.checkpoints import read_header
 from sevila.chain import clip_features, fit_module, load_model, read_split
 from sevila.checkpoint_io import load_weights
@@ -32,7 +32,7 @@ VARIANTS = {
     "uniform_f2": {"study": "baseline", "selector": "uniform", "n_frames": 8, "n_keyframes": 2,
                    "answerer": "finetuned_uniform"},
     "voting": {"study": "baseline", "selector": "all", "fusion": "vote", "n_frames": 8},
-    "oracle": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 8, "frame_slots": 2},
+    "oracle": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 8},  # frame_slots: frames.n_keyframes = 2
     "oracle_zero_shot": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 8,
                          "answerer": "zero_shot"},
 }
@@ -164,6 +164,10 @@ def test_evaluate_every_variant(chain):
         assert all(len(p["keyframes"]) == k and p["keyframes"] == sorted(p["keyframes"]) for p in preds)
     assert (results["f8k2_qvh_sr"]["keyframe_in_span"], results["f8k2_qvh_sr"]["frame_auc"]) == (100.0, 100.0)
     assert results["uniform_f2"]["keyframe_in_span"] == 0.0 and "frame_auc" not in results["uniform_f2"]
+    # frame_slots null: the fine-tuned Answerer's oracle reads each frame in the frames.n_keyframes = 2 slots it was
+    # fine-tuned on, the zero-shot one alone; the MLflow run records the resolved value
+    runs = tracking.latest_per_variant(tracking.finished_runs("synth", tracking.Phase.EVALUATE)).set_index("variant")
+    assert (runs.loc["oracle", "params.frame_slots"], runs.loc["oracle_zero_shot", "params.frame_slots"]) == ("2", "1")
 
 
 def test_a_bad_setting_writes_nothing(chain, capsys):
