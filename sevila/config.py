@@ -145,9 +145,9 @@ class VariantConfig:
     localizer: LocalizerId = LocalizerId.QVH_SR
     answerer: AnswererId = AnswererId.FINETUNED
     # fusion vote: each frame read alone fills this many keyframe slots (SeViLA.answer). null (the default) = the
-    # input the Answerer was trained on, set by Config: 1 for the zero-shot one (the official per-frame input,
-    # BLIP-2 reads one image); frames.n_keyframes for one fine-tuned on that many keyframes, which never saw a
-    # one-frame input, so its oracle gives each frame all k slots: one frame's content, in the format it answers in
+    # input the Answerer was trained on (`frame_slots` below): 1 for the zero-shot one (the official per-frame
+    # input, BLIP-2 reads one image); frames.n_keyframes for one fine-tuned on that many keyframes, which never saw
+    # a one-frame input, so its oracle gives each frame all k slots: one frame's content, in the format it answers in
     frame_slots: int | None = None
 
     def __post_init__(self) -> None:

@@ -203,7 +203,7 @@ class BootstrapSettings:
     stall_steps: int = 1200  # questions phase: stalled if text_acc has not risen stall_rise within this many steps
     stall_rise: float = 0.1  # ... of its first evaluation
     restarts: int = 2  # fresh draws of the whole bootstrap after a gated phase stalls or misses its gate
-    z_loss: float = 0.0  # weight of (log Z)^2 at the T5's first decoder step in its text tasks (0: off; params.yaml)
+    z_loss: float = 1e-3  # weight of (log Z)^2 at the T5's first decoder step in its text tasks (0: off; params.yaml)
     frames_per_video: int = 48  # frames decoded per training video (GROUND on all, QA on those in the event)
     n_eval_frames: int = 32  # frames per validation video for the single-frame accuracies
     n_text_metas: int = 4000  # world metadata sampled for TEXT_QA (text only)

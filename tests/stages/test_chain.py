@@ -32,7 +32,8 @@ VARIANTS = {
     "uniform_f2": {"study": "baseline", "selector": "uniform", "n_frames": 8, "n_keyframes": 2,
                    "answerer": "finetuned_uniform"},
     "voting": {"study": "baseline", "selector": "all", "fusion": "vote", "n_frames": 8},
-    "oracle": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 8},  # frame_slots: frames.n_keyframes = 2
+    # frame_slots null: the frames.n_keyframes = 2 slots its Answerer was fine-tuned on
+    "oracle": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 8},
     "oracle_zero_shot": {"study": "oracle", "selector": "oracle", "fusion": "vote", "n_frames": 8,
                          "answerer": "zero_shot"},
 }
