@@ -4,6 +4,7 @@ Writes runs/round<N>/eval/<variant>/{predictions.jsonl,metrics.json} (prediction
 logs each variant as an MLflow run tagged for the ablation tables."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -27,8 +28,7 @@ def variant_dir(cfg: Config, name: str) -> Path:
 
 
 @torch.no_grad()
-def answer_clip(model, v: VariantConfig, slots: int, features: torch.Tensor, meta, records) -> list[dict]:
-    """`slots`: config.frame_slots of the variant."""
+def answer_clip(model, v: VariantConfig, features: torch.Tensor, meta, records) -> list[dict]:
     dev = next(model.t5.parameters()).device
     rows = []
     for i in range(0, len(records), MAX_QUESTIONS):
@@ -37,7 +37,7 @@ def answer_clip(model, v: VariantConfig, slots: int, features: torch.Tensor, met
         gold = [r.answer for r in recs] if all(r.answer is not None for r in recs) else None
         feats = features[None].expand(len(recs), *features.shape).to(dev)  # [Q, T, P, D]
         res = model.answer(feats, list(qa), [len(r.options) for r in recs], selector=v.selector, fusion=v.fusion,
-                           n_keyframes=v.n_keyframes, loc_prompts=list(loc), gold=gold, frame_slots=slots)
+                           n_keyframes=v.n_keyframes, loc_prompts=list(loc), gold=gold, frame_slots=v.frame_slots)
         for q, r in enumerate(recs):
             frames = res.frames[q].cpu().numpy()
             row = {"qid": r.qid, "qtype": r.qtype, "answer": r.answer, "pred": int(res.pred[q]),
@@ -85,10 +85,11 @@ def variant_tags(cfg: Config, name: str, v: VariantConfig) -> tracking.RunTags:
 def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, model=None) -> dict:
     tags = variant_tags(cfg, name, v)
     model = model or load_model(cfg, localizer=v.localizer, answerer=v.answerer)
-    skipped, slots = SkipLog(), frame_slots(v, cfg.frames.n_keyframes)
+    v = dataclasses.replace(v, frame_slots=frame_slots(v, cfg.frames.n_keyframes))  # null: its Answerer's input
+    skipped = SkipLog()
     rows, timestamps = [], {}
     for c in tqdm(clip_features(cfg, model, records, v.n_frames, skipped), desc=f"evaluate {name}", unit="clip"):
-        rows += answer_clip(model, v, slots, c.features, c.meta, c.records)
+        rows += answer_clip(model, v, c.features, c.meta, c.records)
         timestamps |= {r.qid: c.meta.timestamps for r in c.records}
     by_qid = {r.qid: r for r in records}
     metrics = variant_metrics(v, rows, by_qid, timestamps) | {"skipped": len(skipped)}
