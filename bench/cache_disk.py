@@ -4,7 +4,8 @@
 
 One cached clip is n_frames x 257 tokens x 1408 channels x 2 bytes (ViT-g/14 at 224 px: (224/14)^2 patches + CLS;
 fp16, or bf16 for an entry past fp16's range: 2 bytes either way) = 0.72 MB per frame, 23.2 MB at 32 frames
-(`sevila.features.entry_bytes`, the sizes read from `sevila.model.sevila_flant5xl`). A clip is a cache key: a video
+(`sevila.inference.features.entry_bytes`, the sizes read from `sevila.model.configuration.sevila_flant5xl`). A clip is
+a cache key: a video
 and the window its questions sample from, so a benchmark whose questions carry their own start/end (STAR, How2QA,
 TVQA, VLEP) has up to one clip per question, and NExT-QA and QVHighlights (whole videos) one per video.
 
@@ -16,7 +17,7 @@ every clip in every stage: per 32-frame clip 16.7 TFLOP, README "Cost at real si
 
 The published counts below are questions or videos per split as the benchmarks' papers and release files give them
 (the STAR/How2QA/TVQA/VLEP ones count questions, an upper bound on distinct clips); `--records` counts the distinct
-clips of your canonical records exactly (`sevila.features.group_by_clip`).
+clips of your canonical records exactly (`sevila.inference.features.group_by_clip`).
 """
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 from sevila.config import load_config  # noqa: E402
 from sevila.data.records import read_records  # noqa: E402
-from sevila.features import entry_bytes, group_by_clip  # noqa: E402
-from sevila.model import sevila_flant5xl  # noqa: E402
+from sevila.inference.features import entry_bytes, group_by_clip  # noqa: E402
+from sevila.model.configuration import sevila_flant5xl  # noqa: E402
 
 GB = 1e9
 

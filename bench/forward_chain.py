@@ -11,7 +11,8 @@ questions), so the ratio does not depend on the machine:
   then the Answerer as another 30-token `generate` read at `scores[1]`. `min_new_tokens=30` makes every call run
   its 30 steps; the official call stops when every row has emitted </s>, which a trained Flan-T5 does after 2-3
   tokens, so the `--official-tokens 2` row shows the same path with that early stop (the ViT part is unchanged).
-- ours: questions grouped by video (sevila.features.group_by_clip); per video one decode and one ViT pass through
+- ours: questions grouped by video (sevila.inference.features.group_by_clip); per video one decode and one ViT pass
+through
   the feature cache (cold: computed and stored; warm: read back from disk, as in every later variant and
   self-refinement round); then `SeViLA.answer(selector=localizer, fusion=concat)` for all questions of the video in
   one batch: one encoder pass + ONE decoder step for the Localizer, one encoder pass + a 2-token decoder pass for the
@@ -42,14 +43,15 @@ from transformers.utils import logging as hf_logging
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sevila import prompts  # noqa: E402
-from sevila.data.synth import generate_world, load_world, world_text  # noqa: E402
+from sevila.model import prompts  # noqa: E402
+from sevila.synthetic.world import generate_world, load_world, world_text  # noqa: E402
 from sevila.data.video import read_frames  # noqa: E402
-from sevila.features import FeatureCache, group_by_clip  # noqa: E402
-from sevila.io import atomic_write_json  # noqa: E402
-from sevila.model import SeViLA, SeViLAConfig  # noqa: E402
-from sevila.selection import Fusion, Selector, localizer_topk  # noqa: E402
-from sevila.tokenizer import build_tiny_tokenizer  # noqa: E402
+from sevila.inference.features import FeatureCache, group_by_clip  # noqa: E402
+from sevila.atomic import atomic_write_json  # noqa: E402
+from sevila.model.modeling import SeViLA  # noqa: E402
+from sevila.model.configuration import SeViLAConfig
+from sevila.model.selection import Fusion, Selector, localizer_topk  # noqa: E402
+from sevila.model.tokenizer import build_tiny_tokenizer  # noqa: E402
 
 
 def small_config(vocab_size: int) -> SeViLAConfig:

@@ -4,7 +4,8 @@
                               [--vit-layers N --qformer-layers N --t5-layers N] [--tiny-smoke]
                               [--out bench/results/real_size.json]
 
-Random weights (nothing is downloaded) and a tokenizer trained here (sevila.tokenizer.build_tiny_tokenizer): its ids
+Random weights (nothing is downloaded) and a tokenizer trained here (sevila.model.tokenizer.build_tiny_tokenizer): its
+ids
 all fit below Flan-T5's 32,128, and T5's embedding and lm_head keep that real vocabulary size. Every prompt is
 longer than the official 77-token cut (`max_txt_len`), so every T5 row carries the full 77 text tokens: the
 text cost of the longest prompts the official code feeds (real NExT-QA prompts with five options are shorter or
@@ -18,7 +19,8 @@ Measured:
     T frames added (the first pass over a video; the ViT is timed on --vit-frames frames and scaled to T: each
     frame's pass is independent of the others).
 (b) peak memory of ONE Answerer fine-tuning step at micro-batch 8 (4 keyframes each): forward, backward into the
-    Answerer's Q-Former through the frozen T5, gradient clipping and an AdamW update, as sevila/train.py does one
+    Answerer's Q-Former through the frozen T5, gradient clipping and an AdamW update, as sevila/training/loop.py does
+    one
     micro-step. GPU: torch.cuda.max_memory_allocated; CPU: the process's RSS high-water during the step (psutil
     sampled every 5 ms; ru_maxrss when psutil is missing).
 (c) the MFU those imply: FLOPs counted with torch.utils.flop_counter.FlopCounterMode (matmul, attention and
@@ -66,13 +68,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.forward_chain import gemm_gflops  # noqa: E402
-from sevila import prompts  # noqa: E402
-from sevila.io import atomic_write_json  # noqa: E402
-from sevila.model import SeViLA, SeViLAConfig, build_sevila, parameter_counts, sevila_flant5xl  # noqa: E402
-from sevila.selection import Fusion, Selector  # noqa: E402
-from sevila.settings import Precision  # noqa: E402
-from sevila.tokenizer import build_tiny_tokenizer  # noqa: E402
-from sevila.train import hold_frozen, param_groups, use_bf16  # noqa: E402
+from sevila.model import prompts  # noqa: E402
+from sevila.atomic import atomic_write_json  # noqa: E402
+from sevila.model.modeling import SeViLA, build_sevila, parameter_counts  # noqa: E402
+from sevila.model.configuration import SeViLAConfig, sevila_flant5xl
+from sevila.model.selection import Fusion, Selector  # noqa: E402
+from sevila.config import Precision  # noqa: E402
+from sevila.model.tokenizer import build_tiny_tokenizer  # noqa: E402
+from sevila.model.precision import hold_frozen, use_bf16  # noqa: E402
+from sevila.training.loop import param_groups
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H200 SXM datasheet: 1,979 TFLOP/s bf16 with sparsity, half of it dense
 N_OPTIONS = 5  # NExT-QA's five options (the longest Answerer prompts)
@@ -150,7 +154,7 @@ def run_chain(model: SeViLA, feats: torch.Tensor, qa: list[str], loc: list[str],
 
 def finetune_step(model: SeViLA, optimizer: torch.optim.Optimizer, feats: torch.Tensor, qa: list[str],
                   bf16: bool) -> float:
-    """One Answerer micro-step of sevila/train.py (accumulation 1): autocast forward, backward, clip at 1.0, AdamW."""
+    """One Answerer micro-step of sevila/training/loop.py (accumulation 1): autocast forward, backward, clip at 1.0, AdamW."""
     device_type = feats.device.type
     with torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
         loss, _ = model.answerer_loss(feats, qa, [i % N_OPTIONS for i in range(len(qa))], [N_OPTIONS] * len(qa))

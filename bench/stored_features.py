@@ -1,5 +1,5 @@
 """Host memory and read cost of a training stage's items: features held in RAM vs read back from the feature cache
-(`sevila.features.StoredFeatures`, what the stages keep when `frames.cache` is a folder).
+(`sevila.inference.features.StoredFeatures`, what the stages keep when `frames.cache` is a folder).
 
     python bench/stored_features.py [--clips 48] [--n-frames 32] [--out bench/results/stored_features.json]
 
@@ -8,7 +8,7 @@ One process, one model, the same clips, so the ratios do not depend on the machi
   `refine_localizer` do, once keeping `ClipFeatures.features` (held: every clip's float32 tensor stays alive) and
   once keeping `ClipFeatures.held` (stored: a reference per clip). The stored pass runs first, so memory the held
   pass frees later cannot flatter it.
-- read cost: `sevila.chain.stack` of a batch of 8 stored items (8 safetensors reads + fp16 -> fp32) against the
+- read cost: `sevila.stages.common.stack` of a batch of 8 stored items (8 safetensors reads + fp16 -> fp32) against the
   same batch held, and against one Localizer training step on that batch (forward + backward of `localizer_loss`),
   which is what the read is added to.
 
@@ -34,16 +34,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sevila import prompts  # noqa: E402
-from sevila.chain import stack  # noqa: E402
+from sevila.model import prompts  # noqa: E402
+from sevila.stages.common import stack  # noqa: E402
 from sevila.data.records import QARecord  # noqa: E402
-from sevila.data.synth import world_text  # noqa: E402
-from sevila.data.synth_render import write_mp4  # noqa: E402
-from sevila.features import FeatureCache, iter_clip_features  # noqa: E402
-from sevila.io import atomic_write_json  # noqa: E402
+from sevila.synthetic.world import world_text  # noqa: E402
+from sevila.synthetic.render import write_mp4  # noqa: E402
+from sevila.inference.features import FeatureCache, iter_clip_features  # noqa: E402
+from sevila.atomic import atomic_write_json  # noqa: E402
 from bench.forward_chain import small_config  # noqa: E402
-from sevila.model import SeViLA, SeViLAConfig  # noqa: E402
-from sevila.tokenizer import build_tiny_tokenizer  # noqa: E402
+from sevila.model.modeling import SeViLA  # noqa: E402
+from sevila.model.configuration import SeViLAConfig
+from sevila.model.tokenizer import build_tiny_tokenizer  # noqa: E402
 
 BATCH = 8
 

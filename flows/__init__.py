@@ -1,9 +1,10 @@
-"""Prefect 3 flows over the DVC graph (DESIGN.md §3; issue 11 item 4: DVC owns the graph, Prefect runs it).
+"""Prefect 3 flows over the DVC graph (docs/design.md §3; issue 11 item 4: DVC owns the graph, Prefect runs it).
 
 Thin by rule: a task runs one stage of dvc.yaml THROUGH DVC (`dvc repro --single-item <stage>`, flows.tasks), the
-tasks' dependencies are read from DVC's index (flows.graph), and a task returns the stage's metrics file, so
-dvc.lock stays the truth and the Prefect UI shows the graph's progress and the stages' output. No stage logic
-lives here; flows only decide order, which round and when to stop.
+tasks' dependencies are read from DVC's index (sevila.experiments.dvc_graph), and a task returns the stage's
+metrics file, so dvc.lock stays the truth and the Prefect UI shows the graph's progress and the stages' output.
+No stage logic and no round rule lives here (those are sevila.experiments.rounds, which `sevila round N` runs
+without Prefect); flows only schedule.
 
 - flows.pipeline: `pipeline` (every stage of dvc.yaml) and `ablation_sweep` (the evaluate@<variant> stages).
 - flows.refine_rounds: `refine_round` (one self-refinement round N, returning whether another round is worth it;

@@ -5,7 +5,8 @@
     python -m flows.pipeline --sweep-only --dask --workers 4   # their tasks on a local Dask cluster
 
 One owner of the graph (issue 11 item 4): the tasks and their dependencies are read from DVC's index
-(flows.graph.upstream), and each task is `dvc repro --single-item <stage>` (flows.tasks.dvc_stage), so DVC decides
+(sevila.experiments.dvc_graph.upstream), and each task is `dvc repro --single-item <stage>` (flows.tasks.dvc_stage), so
+DVC decides
 whether a stage is stale, runs its `cmd` and writes dvc.lock; after a flow run `dvc status` is clean, and a second
 run reruns nothing. A task returns its stage's metrics file (dvc.yaml `metrics:`) and retries once on failure.
 Settings come from the project's params.yaml only (what DVC reads); one-off settings are `dvc exp run -S`.
@@ -27,7 +28,7 @@ from typing import Sequence
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.graph import project_root, upstream
+from sevila.experiments.dvc_graph import PARAMS_FILE, dvc_project, upstream
 from flows.tasks import dvc_stage, flow_parent_run
 from sevila.config import load_config
 
@@ -99,8 +100,8 @@ def result(future, poll_s: float = 1.0):
 def ablation_sweep(params: str = "params.yaml", variants: list[str] | None = None) -> dict[str, dict]:
     """The evaluate@<variant> stages of the graph (or just `variants`), each its own task; returns
     {variant: metrics}. Pick the task runner with `sweep(...)` / `ablation_sweep.with_options(task_runner=...)`."""
-    root = project_root(params)
-    cfg = load_config(root / "params.yaml")
+    root = dvc_project(params)
+    cfg = load_config(root / PARAMS_FILE)
     names = select_variants(list(cfg.evaluate.variants), variants)
     with flow_parent_run("prefect-ablation-sweep", cfg.dataset.value, round=cfg.round) as parent:
         out = run_graph(root, [f"{EVALUATE}@{n}" for n in names], parent)
@@ -118,8 +119,8 @@ def sweep(params: str = "params.yaml", variants: Sequence[str] | None = None, ru
 def pipeline(params: str = "params.yaml") -> dict[str, dict]:
     """Every stage of dvc.yaml through DVC (prepare -> ... -> evaluate@<variant> -> report), upstream first;
     returns {stage: metrics}. Pick the task runner with `run_pipeline(...)`."""
-    root = project_root(params)
-    cfg = load_config(root / "params.yaml")
+    root = dvc_project(params)
+    cfg = load_config(root / PARAMS_FILE)
     with flow_parent_run("prefect-pipeline", cfg.dataset.value, round=cfg.round) as parent:
         return run_graph(root, list(upstream(root)), parent)
 

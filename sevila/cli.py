@@ -17,17 +17,18 @@ from sevila.errors import UserError
 # command name -> module that registers it
 COMMANDS: dict[str, str] = {
     "convert": "sevila.data.convert",
-    "synth": "sevila.data.synth",
-    "validate": "sevila.validation",
-    "eval-moments": "sevila.metrics_cli",
-    "model-info": "sevila.model_cli",
-    "answer": "sevila.model_cli",
-    "localize": "sevila.model_cli",
-    "report": "sevila.report",
+    "synth": "sevila.synthetic.world",
+    "validate": "sevila.data.validation",
+    "eval-moments": "sevila.evaluation.cli",
+    "model-info": "sevila.inference.cli",
+    "answer": "sevila.inference.cli",
+    "localize": "sevila.inference.cli",
+    "report": "sevila.evaluation.tables",
     "stage": "sevila.stages",
-    "repro": "sevila.repro",
-    "seeds": "sevila.seeds",
-    "rehearse": "sevila.rehearse",
+    "repro": "sevila.experiments.repro",
+    "seeds": "sevila.experiments.seeds",
+    "round": "sevila.experiments.rounds",
+    "rehearse": "sevila.experiments.rehearse",
 }
 
 

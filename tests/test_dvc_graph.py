@@ -27,18 +27,10 @@ CHAIN = ["prepare", "validate", "bootstrap", "pretrain_localizer", "pseudo_label
 # Another helper writes the bootstrap stage; until it lands, checks that need its files or params skip it.
 BOOTSTRAP_LANDED = (REPO / "sevila/stages/bootstrap.py").is_file() and "bootstrap" in PARAMS
 
-# Modules a stage imports that cannot change what it writes: the command line, atomic file writes, the error
-# classes, and the run loggers (tracking only matters to the report, which reads MLflow; its helper modules and the
-# per-stage run settings of sevila/run_settings.py only say what a run records).
-NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/errors.py", "sevila/io.py", "sevila/runlog.py",
-               "sevila/tracking/__init__.py", "sevila/tracking/store.py", "sevila/tracking/params.py",
-               "sevila/tracking/owner.py", "sevila/tracking/inputs.py", "sevila/tracking/views.py",
-               "sevila/run_settings.py"}
-# prepare imports every benchmark reader through sevila.data.annotations; the synthetic world is read only
-# through the NExT-QA and QVHighlights ones.
-NOT_READ = {"prepare": {"sevila/data/__init__.py", "sevila/data/how2qa.py", "sevila/data/star.py",
-                        "sevila/data/tvqa.py", "sevila/data/vlep.py", "sevila/data/sevila_json.py"}}
-CONTENT_FOR = {"report": {"sevila/tracking/__init__.py"}}
+# Code a stage imports that cannot change what it writes: the command line, atomic file writes, the error classes,
+# and the MLflow package (it only says what a run records; the report, which reads MLflow, depends on it).
+NOT_CONTENT = {"sevila/__init__.py", "sevila/cli.py", "sevila/errors.py", "sevila/atomic.py", "sevila/tracking"}
+CONTENT_FOR = {"report": {"sevila/tracking"}}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +67,64 @@ def _outs(stage) -> set[str]:
     return {o.def_path for o in stage.outs}
 
 
+def _module_file(mod: str) -> Path | None:
+    p = REPO / Path(*mod.split("."))
+    for f in (p.with_suffix(".py"), p / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def _imported_files(path: Path) -> set[Path]:
+    """The sevila modules a file imports (at its top or inside a function), and the package inits they run."""
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("sevila"):
+            mods |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            mods |= {a.name for a in node.names if a.name.startswith("sevila")}
+    files = set()
+    for mod in mods:
+        parts = mod.split(".")
+        files |= {f for i in range(2, len(parts) + 1) if (f := _module_file(".".join(parts[:i]))) is not None}
+    return files
+
+
+def _dep_key(path: Path) -> str:
+    """What dvc.yaml names for a file: a stage module or a root module itself, else its package folder."""
+    parts = path.relative_to(REPO).parts
+    return "/".join(parts) if len(parts) == 2 or parts[1] == "stages" else "/".join(parts[:2])
+
+
+def _code_closure(stage_file: Path, content: set[str]) -> set[str]:
+    seen, todo, keys = set(), [stage_file], set()
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        key = _dep_key(f)
+        if key in NOT_CONTENT - content:
+            continue
+        keys.add(key)
+        todo += _imported_files(f)
+    return keys - {"sevila/stages/__init__.py"}
+
+
 # ---------------------------------------------------------------------------------------------- structure
+
+
+def test_each_stage_depends_on_exactly_the_code_it_imports(stages):
+    """dvc.yaml's code deps are the stage's module and the sevila PACKAGES it reaches through its imports
+    (transitively, function-level imports included), so a change anywhere in them reruns the stage and nothing
+    else is listed; folders, never hand-kept file lists (issue 21)."""
+    by_name, _ = stages
+    for name, s in by_name.items():
+        family = _family(name)
+        want = _code_closure(REPO / "sevila" / "stages" / f"{family}.py", CONTENT_FOR.get(family, set()))
+        assert _code_deps(s) == want, f"{name}: missing {sorted(want - _code_deps(s))}, " \
+                                      f"not imported {sorted(_code_deps(s) - want)}"
+        assert all(dep.startswith("sevila/stages/") or (REPO / dep).is_dir() for dep in _code_deps(s)), name
 
 
 def test_every_stage_is_in_the_graph_and_evaluate_covers_exactly_the_variants(stages):
@@ -296,7 +345,8 @@ def _probe_project(root: Path, first_exit: int = 0) -> Path:
 
 
 def test_sevila_repro_nests_every_stage_run_under_one_parent(tmp_path, monkeypatch):
-    from sevila import repro, tracking
+    from sevila.experiments import repro
+    from sevila import tracking
 
     monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
     root = _probe_project(tmp_path / "ok")
@@ -311,7 +361,8 @@ def test_sevila_repro_nests_every_stage_run_under_one_parent(tmp_path, monkeypat
 
 
 def test_sevila_repro_marks_the_parent_failed_and_returns_dvc_status(tmp_path, monkeypatch):
-    from sevila import repro, tracking
+    from sevila.experiments import repro
+    from sevila import tracking
 
     monkeypatch.delenv(tracking.PARENT_RUN_ENV, raising=False)
     root = _probe_project(tmp_path / "bad", first_exit=3)
@@ -325,7 +376,7 @@ def test_sevila_repro_marks_the_parent_failed_and_returns_dvc_status(tmp_path, m
 
 def test_sevila_repro_passes_every_argument_to_dvc():
     from sevila.cli import build_parser
-    from sevila.repro import dvc_command
+    from sevila.experiments.repro import dvc_command
 
     args = build_parser("repro").parse_args(["repro", "-f", "--dry", "report", "--help"])
     assert args.dvc_args == ["-f", "--dry", "report", "--help"]

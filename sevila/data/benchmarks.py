@@ -28,7 +28,7 @@ from sevila.data.annotations import Dataset, count_unlabelled, read_annotations
 from sevila.data.records import Record, write_records
 from sevila.data.video import SkipLog, VideoError, probe_video, resolve_video_path
 from sevila.errors import UserError
-from sevila.io import atomic_write_json, atomic_write_text
+from sevila.atomic import atomic_write_json, atomic_write_text
 
 VIDEOS_FILE = "videos.jsonl"
 SKIPPED_FILE = "skipped.json"

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow
 
 from sevila.errors import UserError
-from sevila.io import atomic_path, atomic_write_text
+from sevila.atomic import atomic_path, atomic_write_text
 
 Window = tuple[float, float]
 

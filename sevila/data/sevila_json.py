@@ -37,7 +37,7 @@ from sevila.data.annotations import (
 )
 from sevila.data.qvhighlights import parse_windows
 from sevila.data.records import MomentRecord, QARecord, Record
-from sevila.io import atomic_write_text
+from sevila.atomic import atomic_write_text
 
 QID_PREFIX: dict[Dataset, str] = {
     Dataset.HOW2QA: "HOW2QA_",

@@ -8,7 +8,7 @@ Faithful to the official SeViLA/LAVIS `load_video` (lavis/datasets/data_utils.py
   each segment; with fewer frames than `n`, the last index is repeated;
 - frames are resized to a square `size x size` (no aspect ratio kept) and normalised with the CLIP mean/std.
 
-Deliberate differences from the official code (DESIGN.md §2, "traps"):
+Deliberate differences from the official code (docs/design.md §2, "traps"):
 - an unreadable video raises a typed `VideoError` naming the video; `load_or_skip` applies an explicit
   `BadVideoPolicy` and records every skip in a `SkipLog` (the official loader silently substituted a random
   other sample);
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from sevila.errors import UserError
-from sevila.io import atomic_write_json
+from sevila.atomic import atomic_write_json
 
 # CLIP normalisation constants used by BLIP-2 / SeViLA (LAVIS BlipImageBaseProcessor defaults).
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)

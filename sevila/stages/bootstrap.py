@@ -1,5 +1,5 @@
 """Stage `bootstrap` (synthetic world only): give the tiny backbone what BLIP-2 and Flan-T5 bring pre-trained,
-then freeze it. The recipe lives in sevila.bootstrap; its settings are the `bootstrap` section of params.yaml.
+then freeze it. The recipe lives in sevila.synthetic.bootstrap; its settings are the `bootstrap` section of params.yaml.
 
 A real benchmark brings its weights (`model.weights`: a BLIP-2 directory or a SeViLA .pth), so nothing is trained:
 the stage writes only `models/backbone/not_trained.json` and `bootstrap.json` saying so. It never writes to
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sevila import bootstrap, tracking
+from sevila.synthetic import bootstrap
+from sevila import tracking
 from sevila.config import Config
 from sevila.errors import UserError
-from sevila.io import atomic_write_json
-from sevila.run_settings import stage_run
+from sevila.atomic import atomic_write_json
+from sevila.tracking.run_settings import stage_run
 
 
 NOT_TRAINED = "not_trained.json"

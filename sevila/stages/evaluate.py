@@ -12,19 +12,25 @@ import torch
 from tqdm import tqdm
 
 from sevila import tracking
-from sevila.chain import clip_features, load_model, qa_prompt_pair, read_split, round_dir
+from sevila.stages.common import clip_features, load_model, qa_prompt_pair, read_split, round_dir
 from sevila.config import Config, VariantConfig, frame_slots
 from sevila.data.video import SkipLog, frame_labels
-from sevila.io import atomic_write_json, atomic_write_text
-from sevila.metrics import keyframe_in_span, localizer_metrics, qa_metrics
-from sevila.run_settings import stage_run
-from sevila.settings import Selector
+from sevila.atomic import atomic_write_json, atomic_write_text
+from sevila.evaluation.qa_metrics import keyframe_in_span, localizer_metrics, qa_metrics
+from sevila.tracking.run_settings import stage_run
+from sevila.config import Selector
 
 MAX_QUESTIONS = 16  # questions of one clip per forward pass
 
 
 def variant_dir(cfg: Config, name: str) -> Path:
     return round_dir(cfg) / "eval" / name
+
+
+def metrics_path(cfg: Config, name: str) -> Path:
+    """The metrics file of variant `name` in round `cfg.round` (what dvc.yaml declares as evaluate's metrics; the
+    rounds' stopping rule reads it back, sevila.experiments.rounds)."""
+    return variant_dir(cfg, name) / "metrics.json"
 
 
 @torch.no_grad()
@@ -95,7 +101,7 @@ def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, mo
     metrics = variant_metrics(v, rows, by_qid, timestamps) | {"skipped": len(skipped)}
     out = variant_dir(cfg, name)
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    atomic_write_json(out / "metrics.json", metrics)
+    atomic_write_json(metrics_path(cfg, name), metrics)
     if len(skipped):
         skipped.write(out / "skipped.json")
     with stage_run(cfg, "evaluate", tracking.Phase.EVALUATE, name, tags, variant=name) as run_log:

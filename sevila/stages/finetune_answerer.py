@@ -11,14 +11,15 @@ import numpy as np
 import torch
 
 from sevila import tracking
-from sevila.chain import (answerer_dir, chain_accuracy, clip_features, fit_module, load_model, qa_items, qa_prompt_pair,
-                          read_split, stack)
+from sevila.stages.common import (
+    answerer_dir, chain_accuracy, clip_features, fit_module, load_model, qa_items, qa_prompt_pair, read_split, stack,
+)
 from sevila.config import Config, FrameSelection, LocalizerId
-from sevila.features import take_frames
-from sevila.io import atomic_write_json
-from sevila.run_settings import stage_run
-from sevila.selection import uniform_keyframes
-from sevila.settings import AnswererId, Selector
+from sevila.inference.features import take_frames
+from sevila.atomic import atomic_write_json
+from sevila.tracking.run_settings import stage_run
+from sevila.model.selection import uniform_keyframes
+from sevila.config import AnswererId, Selector
 
 #: How val questions pick their frames for the kept-epoch accuracy (random frames are judged on uniform ones).
 VAL_SELECTOR = {FrameSelection.LOCALIZER: Selector.LOCALIZER, FrameSelection.UNIFORM: Selector.UNIFORM,

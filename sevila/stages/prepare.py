@@ -18,8 +18,8 @@ from sevila.config import Config
 from sevila.data.annotations import Dataset, count_unlabelled, read_annotations
 from sevila.data.benchmarks import prepare_benchmark
 from sevila.data.records import QARecord, write_records
-from sevila.data.synth import generate_world
-from sevila.io import atomic_write_json
+from sevila.synthetic.world import generate_world
+from sevila.atomic import atomic_write_json
 
 
 def read_spans(path: Path) -> dict[str, tuple[float, float]]:

@@ -4,7 +4,7 @@ LM loss is on the target `yes`/`no` of every frame. Frames are the cached unifor
 official loader draws a random frame per segment; with cached features we take each segment's middle).
 
 Besides frame AUC and keyframe-in-span, the val moments are scored as QVHighlights moment retrieval (R1@0.5,
-R1@0.7, mAP over IoU 0.5:0.95, sevila.moments' official definitions; the paper reports the Localizer on
+R1@0.7, mAP over IoU 0.5:0.95, sevila.evaluation.moments' official definitions; the paper reports the Localizer on
 QVHighlights): frame scores -> windows by `moment_windows`. The epoch kept is the one with the best val frame AUC
 (how well the scores rank a moment's frames above the rest, which is all top-k keyframe selection uses)."""
 from __future__ import annotations
@@ -14,15 +14,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sevila import prompts, tracking
-from sevila.chain import clip_features, fit_module, load_model, localizer_dir, read_split, stack
+from sevila.model import prompts
+from sevila import tracking
+from sevila.stages.common import clip_features, fit_module, load_model, localizer_dir, read_split, stack
 from sevila.config import Config, LocalizerId
 from sevila.data.video import frame_labels
-from sevila.features import load_features
-from sevila.io import atomic_write_json
-from sevila.metrics import keyframe_in_span, localizer_metrics
-from sevila.moments import evaluate_moments, frame_scores_to_windows
-from sevila.run_settings import stage_run
+from sevila.inference.features import load_features
+from sevila.atomic import atomic_write_json
+from sevila.evaluation.qa_metrics import keyframe_in_span, localizer_metrics
+from sevila.evaluation.moments import evaluate_moments, frame_scores_to_windows
+from sevila.tracking.run_settings import stage_run
 
 
 def moment_items(clips) -> list[dict]:

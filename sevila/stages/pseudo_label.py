@@ -14,11 +14,11 @@ import torch
 from tqdm import tqdm
 
 from sevila import tracking
-from sevila.chain import clip_features, load_model, qa_prompt_pair, read_split, round_dir
+from sevila.stages.common import clip_features, load_model, qa_prompt_pair, read_split, round_dir
 from sevila.config import AnswererId, Config
 from sevila.data.video import SkipLog, frame_labels
-from sevila.io import atomic_write_json, atomic_write_text
-from sevila.run_settings import stage_run
+from sevila.atomic import atomic_write_json, atomic_write_text
+from sevila.tracking.run_settings import stage_run
 
 MAX_ROWS = 512  # (question, frame) sequences per Answerer pass
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 
 from sevila import tracking
-from sevila.chain import (chain_accuracy, clip_features, fit_module, load_model, localizer_dir, qa_items,
-                          qa_prompt_pair, read_split)
+from sevila.stages.common import (
+    chain_accuracy, clip_features, fit_module, load_model, localizer_dir, qa_items, qa_prompt_pair, read_split,
+)
 from sevila.config import Config, LocalizerId
-from sevila.io import atomic_write_json
-from sevila.run_settings import stage_run
-from sevila.settings import Selector
+from sevila.atomic import atomic_write_json
+from sevila.tracking.run_settings import stage_run
+from sevila.config import Selector
 from sevila.stages.pretrain_localizer import localizer_loss
 from sevila.stages.pseudo_label import label_file, read_labels
 

@@ -1,4 +1,5 @@
-"""Stage `report`: the paper's ablation tables (sevila.report) for the round and the variants that params.yaml
+"""Stage `report`: the paper's ablation tables (sevila.evaluation.tables) for the round and the variants that
+params.yaml
 defines, plus the training loss curves of the round, as the last DVC stage.
 
 Why this filters what `sevila report` does not: the MLflow store keeps every run ever made (older rounds from
@@ -7,7 +8,7 @@ the graph it closes, so its rows are the latest FINISHED evaluate run of each va
 tagged with this `round`; a variant without such a run is listed under `missing` (e.g. the MLflow store was
 deleted while DVC restored the evaluate outputs from its cache) instead of silently dropping out of the table.
 
-Outputs under `paths.reports`: ablations.md / ablations.json / PNGs (sevila.report.write_report) and
+Outputs under `paths.reports`: ablations.md / ablations.json / PNGs (sevila.evaluation.tables.write_report) and
 `curves/<run name>.json`, one `[{"step": s, "loss": l}, ...]` file per training run of the round (Localizer
 pre-training, both self-refinements, Answerer fine-tuning), which dvc.yaml shows as DVC plots.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sevila.config import Config
-from sevila.io import atomic_write_json
+from sevila.atomic import atomic_write_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -27,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 CURVES_DIR = "curves"
-LOSS = "loss"  # the metric sevila.train logs at every optimizer step
+LOSS = "loss"  # the metric sevila.training.loop logs at every optimizer step
 TRAINING_PHASES = ("pretrain", "refine", "finetune")  # tracking.Phase values of the training stages
 
 
@@ -69,7 +70,7 @@ def write_loss_curves(runs: pd.DataFrame, out_dir: Path, uri: str) -> list[Path]
 
 def run(cfg: Config) -> dict:
     from sevila import tracking
-    from sevila.report import log_report, write_report
+    from sevila.evaluation.tables import log_report, write_report
 
     uri = tracking.tracking_uri()
     tracking.reap_stale_runs(uri)

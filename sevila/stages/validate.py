@@ -11,8 +11,8 @@ from pathlib import Path
 from sevila.config import Benchmark, Config
 from sevila.data.benchmarks import SKIPPED_FILE
 from sevila.data.records import read_records
-from sevila.io import atomic_write_json
-from sevila.validation import validate_records
+from sevila.atomic import atomic_write_json
+from sevila.data.validation import validate_records
 
 
 class ValidationFailed(RuntimeError):

@@ -1,4 +1,4 @@
-"""MLflow tracking: the only package of sevila that talks to MLflow (DESIGN.md §3).
+"""MLflow tracking: the only package of sevila that talks to MLflow (docs/design.md §3).
 
 Why a module of our own and not `mlflow.*` calls scattered through the stages: the ablation tables are pivots
 over run tags, so every run must carry the same typed tags (`RunTags`), land in a predictable experiment
@@ -20,9 +20,10 @@ server is needed; telemetry is switched off and MLflow's INFO chatter is silence
 Experiments and runs: `start_run(dataset, phase, run_name, tags, config)` creates a run in the experiment
 `sevila/<dataset>/<phase>` named after the ablation variant (or stage id), with the `RunTags` pivot tags, the
 git commit (`git_sha`, `git_dirty`), the run's OWN settings as flattened dotted params (within MLflow's length
-limits; sevila/run_settings.py picks them per stage), the whole resolved config as a `params.yaml` artifact, and
+limits; sevila/tracking/run_settings.py picks them per stage), the whole resolved config as a `params.yaml` artifact,
+and
 the files it reads as MLflow datasets (`InputFile`: digest, rows, path, context train/eval). It yields an `MlflowRunLogger` (the training loop's `RunLogger`
-protocol of sevila/runlog.py, plus `log_dict`/`log_figure`/`log_text`) and ends the run FINISHED, FAILED on an
+protocol of sevila/training/runlog.py, plus `log_dict`/`log_figure`/`log_text`) and ends the run FINISHED, FAILED on an
 exception, or KILLED on Ctrl-C or SIGTERM. Each run names its owner process (tag `sevila.owner`); a run whose
 process was SIGKILLed is marked KILLED by the next run opened on the store, or by `sevila report`
 (`reap_stale_runs`, sevila/tracking/owner.py). The store's schema is created under a file lock, so processes
@@ -41,7 +42,7 @@ in Python: `with parent_run("repro", "synth"): subprocess.run(["dvc", "repro"], 
 
 Reading back: `runs_frame`/`finished_runs` give one pandas row per run (typed pivot-tag columns, plus
 `params.*`, `metrics.*`, `tags.*` as in `mlflow.search_runs`); `latest_per_variant` keeps the latest FINISHED
-run of each variant, which is what sevila.report builds the paper's ablation tables from.
+run of each variant, which is what sevila.evaluation.tables builds the paper's ablation tables from.
 
 MLflow (about a second to import) is imported inside the functions that need it, so `import sevila.tracking`
 stays cheap for code that only builds tags or reads a DataFrame.
@@ -58,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
-from sevila import settings
+from sevila.config import modes
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -120,8 +121,8 @@ class Study(str, enum.Enum):
 
 
 # The values of the frame-selection modes, from their one (torch-free) home.
-SELECTOR_VALUES: tuple[str, ...] = tuple(s.value for s in settings.Selector)
-FUSION_VALUES: tuple[str, ...] = tuple(f.value for f in settings.Fusion)
+SELECTOR_VALUES: tuple[str, ...] = tuple(s.value for s in modes.Selector)
+FUSION_VALUES: tuple[str, ...] = tuple(f.value for f in modes.Fusion)
 
 # The tag names a table can pivot on, in column order (RunTags fields, then the git state).
 PIVOT_TAGS: tuple[str, ...] = (
@@ -176,25 +177,26 @@ def _one_of(name: str, value: Any, allowed: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class RunTags:
-    """The pivot tags of one run. Strings and enums from elsewhere (e.g. sevila.selection.Selector) are
+    """The pivot tags of one run. Strings and enums from elsewhere (e.g. sevila.model.selection.Selector) are
     accepted and normalised, so `RunTags(variant="f32k4_qvh_sr", selector=Selector.LOCALIZER, n_frames=32)`
     and the same built back from MLflow's string tags (`from_tags`) compare equal.
 
     variant: the ablation variant (params.yaml key, DVC stage suffix, MLflow run name, output folder).
     loc_pretrain: the Localizer was pre-trained on QVHighlights moments; loc_refine: it was self-refined.
     round: the self-refinement round that produced the run (0 = before any refinement).
-    seed: `world.seed` (= `bootstrap.seed` in a seeds study, sevila.seeds): which world and backbone it ran on.
+    seed: `world.seed` (= `bootstrap.seed` in a seeds study, sevila.experiments.seeds): which world and backbone it ran
+    on.
     """
 
     variant: str
     study: Study | None = None
-    selector: str | None = None  # one of SELECTOR_VALUES (sevila.selection.Selector)
-    fusion: str | None = None  # one of FUSION_VALUES (sevila.selection.Fusion)
+    selector: str | None = None  # one of SELECTOR_VALUES (sevila.model.selection.Selector)
+    fusion: str | None = None  # one of FUSION_VALUES (sevila.model.selection.Fusion)
     n_frames: int | None = None
     n_keyframes: int | None = None
     loc_pretrain: bool | None = None
     loc_refine: bool | None = None
-    answerer: settings.AnswererId | None = None  # fine-tuned or zero-shot (paper Table 5)
+    answerer: modes.AnswererId | None = None  # fine-tuned or zero-shot (paper Table 5)
     round: int | None = None
     seed: int | None = None
     dvc_stage: str | None = None
@@ -206,8 +208,8 @@ class RunTags:
         if self.study is not None:
             conv["study"] = Study(_one_of("study", self.study, [s.value for s in Study]))
         if self.answerer is not None:
-            allowed = [a.value for a in settings.AnswererId]
-            conv["answerer"] = settings.AnswererId(_one_of("answerer", self.answerer, allowed))
+            allowed = [a.value for a in modes.AnswererId]
+            conv["answerer"] = modes.AnswererId(_one_of("answerer", self.answerer, allowed))
         if self.selector is not None:
             conv["selector"] = _one_of("selector", self.selector, SELECTOR_VALUES)
         if self.fusion is not None:
@@ -297,7 +299,7 @@ def _chunks(items: list, n: int) -> Iterator[list]:
 
 
 class MlflowRunLogger:
-    """One MLflow run, addressed by id: the training loop's `RunLogger` (sevila/runlog.py: `log_metrics`,
+    """One MLflow run, addressed by id: the training loop's `RunLogger` (sevila/training/runlog.py: `log_metrics`,
     `log_params`, `log_artifact`) plus what stages and reports need (`log_dict`, `log_text`, `log_figure`,
     `log_config`, `set_tags`). Holds no global state, so threads and processes can each log to their run."""
 
@@ -580,7 +582,7 @@ def latest_per_variant(df: pd.DataFrame) -> pd.DataFrame:
     elif "run_name" in out.columns:
         out["variant"] = out["variant"].fillna(out["run_name"])
     keys = ["experiment", "variant"] if "experiment" in out.columns else ["variant"]
-    if "seed" in out.columns:  # a seeds study keeps each seed's latest run (sevila.seeds.collapse_seeds)
+    if "seed" in out.columns:  # a seeds study keeps each seed's latest run (sevila.experiments.seeds.collapse_seeds)
         keys.append("seed")
     order = ["start_time", "end_time"] if "end_time" in out.columns else ["start_time"]
     out = out.sort_values(order, kind="stable")

@@ -22,7 +22,7 @@ EXPERIMENT_KIND = "custom_model_development"  # MLflow 3's "Model training" (vs 
 SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
 ABLATION_VIEW_ID = "sevila-ablation-table"
 ABLATION_VIEW_NAME = "Ablation table"
-# The evaluate runs' settings (params of the same names as their pivot tags, sevila/run_settings.py), in the
+# The evaluate runs' settings (params of the same names as their pivot tags, sevila/tracking/run_settings.py), in the
 # order of the paper's tables, then the metrics.
 ABLATION_PARAMS = ("study", "n_frames", "n_keyframes", "localizer", "selector", "fusion", "answerer", "round")
 ABLATION_METRICS = ("accuracy", "keyframe_in_span")

@@ -1,4 +1,4 @@
-"""Readers of the six benchmarks' official files and of SeViLA's JSON, on the real excerpts in shared/realdata."""
+"""Readers of the six benchmarks' official files and of SeViLA's JSON, on the real excerpts in sevila/data/realdata."""
 from __future__ import annotations
 
 import csv

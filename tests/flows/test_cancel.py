@@ -11,10 +11,10 @@ import time
 import pytest
 import yaml
 
-from flows import tasks
 from flows.pipeline import pipeline
+from sevila.experiments import processes
 
-from .conftest import mini_project
+from ..dvc_projects import mini_project
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -24,9 +24,9 @@ def _cancel_when_a_stage_runs(pids: list[int]) -> None:
     from prefect._internal import control_listener
 
     deadline = time.monotonic() + 120
-    while not tasks._children and time.monotonic() < deadline:
+    while not processes._children and time.monotonic() < deadline:
         time.sleep(0.1)
-    pids.extend(p.pid for p in tasks._children)
+    pids.extend(p.pid for p in processes._children)
     time.sleep(1.0)
     control_listener._set_intent("cancel")
     signal.raise_signal(signal.SIGTERM)  # handled in the main thread: the flow engine's TerminationSignal
@@ -52,7 +52,7 @@ def test_a_cancelled_flow_run_ends_cancelled_and_stops_its_stage(tmp_path):
     with get_client(sync_client=True) as client:
         [run] = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["cancel-me"])))
     assert run.state.type.value == "CANCELLED"
-    assert pids and not tasks._children  # the stage's process (group) was ended with the flow run
+    assert pids and not processes._children  # the stage's process (group) was ended with the flow run
     with pytest.raises(ProcessLookupError):
         os.killpg(pids[0], 0)
     assert not (params.parent / "dvc.lock").exists()  # DVC recorded nothing for the stage that did not finish

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.graph import round_file, upstream
 from flows.pipeline import Runner, sweep
 from flows.refine_rounds import refine_round
+from sevila.experiments.dvc_graph import round_file, upstream
 from sevila import tracking
 from sevila.config import AnswererId, load_config
 
-from .conftest import MAIN, VARIANTS, dvc_status
+from ..dvc_projects import MAIN, VARIANTS, dvc_status
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -102,7 +102,7 @@ def test_round_2_refines_round_1s_localizers(two_rounds, tiny_project):
 def test_round_2_pseudo_labels_come_from_round_1s_finetuned_answerer(two_rounds, tiny_project):
     """Recompute one clip's pseudo-labels with the round-1 fine-tuned Answerer: round 2's file holds exactly
     those margins, and they differ from round 1's (made by the zero-shot Answerer)."""
-    from sevila.chain import clip_features, load_model, read_split
+    from sevila.stages.common import clip_features, load_model, read_split
     from sevila.stages.pseudo_label import label_clip, label_file, read_labels
 
     cfg = load_config(tiny_project, ["round=2", "pseudo_label.answerer=finetuned"])

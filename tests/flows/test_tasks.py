@@ -1,62 +1,23 @@
-"""The DVC side of the flows and the tasks called directly (`.fn()`: no Prefect engine, no server): the task
-graph is DVC's, a task runs its stage through DVC and returns the metrics file dvc.yaml declares, a round
-outside the graph is versioned by a .dvc file, stage output streams line by line, an interrupted stage ends its
-whole process group, and the Dask dashboard listens on the loopback only. The DVC projects here are tiny: stages
-that are shell commands, so every test runs in seconds."""
+"""The Prefect tasks called directly (`.fn()`: no Prefect engine, no server): a task runs its stage through DVC
+and returns the metrics file dvc.yaml declares, a round outside the graph is versioned by a .dvc file, a task
+adopts the flow's MLflow parent run, and the Dask dashboard listens on the loopback only. The DVC projects here
+are tiny: stages that are shell commands, so every test runs in seconds."""
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from flows import tasks
-from flows.graph import declared, project_root, render, round_file, settings, upstream
 from flows.pipeline import Runner, select_variants, task_runner
-from flows.tasks import ParentRun, adopt, dvc_stage, stage_outside, stream, variant_overrides, version_round
+from flows.tasks import ParentRun, adopt, dvc_stage, version_round
 from sevila import tracking
+from sevila.experiments.dvc_graph import resolved, round_file, settings, upstream
+from sevila.experiments.processes import StageFailed
 
-from .conftest import MINI_DVC, REPO, dvc_status, make_dvc_project, mini_project
-
-CHAIN = ["prepare", "validate", "bootstrap", "pretrain_localizer", "pseudo_label", "refine_localizer",
-         "finetune_answerer", "finetune_answerer_uniform"]
-
-def test_the_task_graph_is_dvcs(tmp_path):
-    params = make_dvc_project(tmp_path / "p")
-    needs = upstream(params.parent)
-    variants = yaml.safe_load(params.read_text())["evaluate"]["variants"]
-    assert list(needs) == CHAIN + [f"evaluate@{v}" for v in variants] + ["report"]  # dvc.yaml's order
-    assert needs["prepare"] == [] and needs["validate"] == ["prepare"]
-    assert needs["refine_localizer"] == ["bootstrap", "prepare", "pretrain_localizer", "pseudo_label"]
-    assert needs["finetune_answerer"] == ["bootstrap", "prepare", "refine_localizer"]
-    assert needs["finetune_answerer_uniform"] == ["bootstrap", "prepare"]  # no Localizer: beside the chain
-    assert needs["report"] == sorted(f"evaluate@{v}" for v in variants)
-
-
-def test_declared_renders_dvc_yamls_paths_for_any_round():
-    ctx = settings(REPO, ["round=3"])
-    outs, metrics = declared(REPO, "refine_localizer", ctx)
-    assert outs == [REPO / "models/localizer/sr_r3", REPO / "models/localizer/qvh_sr_r3"]
-    assert metrics == [REPO / "reports/refine_localizer_r3.json"]
-    outs, metrics = declared(REPO, "evaluate@f8k1_qvh_sr", ctx)
-    assert outs == [REPO / "runs/round3/eval/f8k1_qvh_sr/predictions.jsonl"]
-    assert metrics == [REPO / "runs/round3/eval/f8k1_qvh_sr/metrics.json"]
-    assert declared(REPO, "prepare", ctx)[1] == []
-    with pytest.raises(KeyError, match=r"\$\{paths.nope\} is not set in params.yaml"):
-        render("${paths.nope}/x", ctx)
-
-
-def test_the_flows_accept_only_the_projects_params_yaml(tmp_path):
-    params = mini_project(tmp_path / "p")
-    assert project_root(params) == params.parent
-    other = tmp_path / "p" / "other.yaml"
-    other.write_text("round: 1\n")
-    with pytest.raises(ValueError, match=r"other.yaml: the flows run the stages through DVC"):
-        project_root(other)
+from ..dvc_projects import dvc_status, mini_project
 
 
 def test_dvc_stage_runs_through_dvc_and_returns_the_metrics_file(tmp_path):
@@ -70,7 +31,7 @@ def test_dvc_stage_runs_through_dvc_and_returns_the_metrics_file(tmp_path):
     mtime = (params.parent / "runs" / "make_r1.json").stat().st_mtime_ns
     assert dvc_stage.fn("make", root) == {"round": 1, "made": 1}  # up to date: DVC runs nothing
     assert (params.parent / "runs" / "make_r1.json").stat().st_mtime_ns == mtime
-    with pytest.raises(tasks.StageFailed, match=r"repro --single-item nope` exited with status"):
+    with pytest.raises(StageFailed, match=r"repro --single-item nope` exited with status"):
         dvc_stage.fn("nope", root)
 
 
@@ -81,11 +42,13 @@ def test_a_round_outside_the_graph_is_versioned_by_its_dvc_file(tmp_path):
         dvc_stage.fn(stage, str(root))
     lock = (root / "dvc.lock").read_text()
     # round 2 of `make` with the stage's own command, outside the graph (sevila stage is not in this project:
-    # run the rendered command the same way the flow does)
-    subprocess.run(render(MINI_DVC["stages"]["make"]["cmd"], {"round": 2}), shell=True, cwd=root, check=True)
-    with pytest.raises(FileNotFoundError, match=r"round 2: outputs dvc.yaml declares were not written: .*runs/zzz"):
+    # run dvc.yaml's command as DVC renders it for round 2)
+    subprocess.run(resolved(root, "make", settings(root, ["round=2"]))["cmd"], shell=True, cwd=root, check=True)
+    with pytest.raises(FileNotFoundError, match=r"round 3: outputs dvc.yaml declares were not written: .*models/m_r3"):
+        version_round.fn(str(root), 3, ["make"], ["round=3"])
+    with pytest.raises(KeyError, match="dvc.yaml has no stage 'score@zzz'"):  # not a variant of the foreach
         version_round.fn(str(root), 2, ["make", "score@zzz"], ["round=2"])
-    assert not round_file(root, 2).exists()
+    assert not round_file(root, 2).exists() and not round_file(root, 3).exists()
     path = version_round.fn(str(root), 2, ["make"], ["round=2"])
     assert path == str(root / "rounds" / "round2.dvc")
     outs = yaml.safe_load(Path(path).read_text())["outs"]
@@ -97,72 +60,17 @@ def test_a_round_outside_the_graph_is_versioned_by_its_dvc_file(tmp_path):
     assert dvc_status(params) == {"rounds/round2.dvc": [{"changed outs": {"models/m_r2": "modified"}}]}
 
 
-def test_stage_outside_runs_sevila_stage_with_the_overrides(tmp_path, monkeypatch):
-    params = mini_project(tmp_path / "p")
-    seen = []
-
-    def fake_run_logged(cmd, root):  # runs what dvc.yaml's cmd would for that stage at round 2
-        seen.append(cmd)
-        spec = MINI_DVC["stages"][cmd[4]]
-        cmd_text = spec["do"]["cmd"] if "do" in spec else spec["cmd"]
-        key = cmd[-1][len("evaluate.only=["):-1] if "evaluate.only" in cmd[-1] else ""
-        subprocess.run(render(cmd_text, {"round": 2, "key": key}), shell=True, cwd=root, check=True)
-
-    monkeypatch.setattr(tasks, "run_logged", fake_run_logged)
-    assert stage_outside.fn("make", str(params.parent), ["round=2"]) == {"round": 2, "made": 1}
-    assert seen == [[sys.executable, "-m", "sevila", "stage", "make", "-p", str(params), "-o", "round=2"]]
-    assert stage_outside.fn("score@b", str(params.parent), ["round=2"]) == {"accuracy": 50.0}
-    assert seen[-1][-4:] == ["-o", "round=2", "-o", "evaluate.only=[b]"]
 
 
-def test_stream_passes_each_line_as_it_comes():
-    lines = []
-    rc = stream([sys.executable, "-c", "import sys; print('one'); print('two', file=sys.stderr); sys.exit(3)"],
-                ".", lines.append)
-    assert rc == 3 and lines == ["one", "two"]
 
 
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0]
-    except FileNotFoundError:
-        return None
 
 
-def test_an_interrupted_stage_ends_its_whole_process_group():
-    """Cancelling (or Ctrl-C) while a stage runs ends dvc and the stage under it, not only the direct child."""
-    script = ("import subprocess, sys, time; p = subprocess.Popen(['sleep', '60']); print(p.pid, flush=True); "
-              "time.sleep(60)")
-    pids = []
-
-    def log(line):
-        pids.append(int(line))
-        raise KeyboardInterrupt  # what the flow sees when it is interrupted
-
-    with pytest.raises(KeyboardInterrupt):
-        stream([sys.executable, "-c", script], ".", log)
-    deadline = time.monotonic() + 10
-    while _state(pids[0]) not in (None, "Z") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _state(pids[0]) in (None, "Z")  # the grandchild (`sleep`) is gone too
-    assert tasks.stop_all() == 0 and not tasks._children
 
 
-def test_stop_all_ends_the_stages_still_running_from_other_threads():
-    import threading
-
-    t = threading.Thread(target=lambda: stream(["sleep", "60"], ".", lambda _: None), daemon=True)
-    t.start()
-    deadline = time.monotonic() + 10
-    while not tasks._children and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert tasks.stop_all() == 1
-    t.join(10)
-    assert not t.is_alive() and not tasks._children
 
 
-def test_evaluate_overrides_and_the_parent_run(monkeypatch):
-    assert variant_overrides("f8k1_qvh_sr") == ["evaluate.only=[f8k1_qvh_sr]"]  # what dvc.yaml passes
+def test_a_task_adopts_the_flows_parent_run(monkeypatch):
     monkeypatch.setenv(tracking.PARENT_RUN_ENV, "flow-parent")
     monkeypatch.setenv(tracking.TRACKING_URI_ENV, "sqlite:///flow.db")
     adopt(ParentRun("flow-parent", "sqlite:///other.db"))  # a thread of the flow's process: nothing changes

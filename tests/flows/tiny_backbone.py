@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 
-from sevila.checkpoints import save_sevila
+from sevila.weights.ours import save_sevila
 from sevila.config import load_config
-from sevila.data.synth import world_text
-from sevila.io import atomic_write_json
-from sevila.model import SeViLA, sevila_tiny
-from sevila.tokenizer import build_tiny_tokenizer
+from sevila.synthetic.world import world_text
+from sevila.atomic import atomic_write_json
+from sevila.model.modeling import SeViLA
+from sevila.model.configuration import sevila_tiny
+from sevila.model.tokenizer import build_tiny_tokenizer
 
 if __name__ == "__main__":
     cfg = load_config("params.yaml")

@@ -7,13 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sevila import prompts
+from sevila.model import prompts
 from sevila.cli import main as cli_main
-from sevila.model import (
-    SeViLA, SeViLAConfig, build_sevila, parameter_counts, sevila_flant5xl, sevila_tiny,
-)
-from sevila.selection import Fusion, Selector, uniform_keyframes, vote
-from sevila.tokenizer import (
+from sevila.model.modeling import SeViLA, build_sevila, parameter_counts
+from sevila.model.configuration import SeViLAConfig, sevila_flant5xl, sevila_tiny
+from sevila.model.selection import Fusion, Selector, uniform_keyframes, vote
+from sevila.model.tokenizer import (
     REQUIRED_SINGLE_TOKENS, TokenIds, build_tiny_tokenizer, load_tokenizer, single_token_id, tokenize_prompts,
 )
 

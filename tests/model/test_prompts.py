@@ -1,4 +1,4 @@
-"""The exact T5 text of SeViLA (DESIGN.md §2; the official loader mc_video_vqa_datasets.py). Pinned character
+"""The exact T5 text of SeViLA (docs/design.md §2; the official loader mc_video_vqa_datasets.py). Pinned character
 for character: a changed space is a different token sequence for a pre-trained checkpoint."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sevila import prompts
+from sevila.model import prompts
 
 
 def test_answerer_prompt_exact():

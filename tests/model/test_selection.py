@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sevila.selection import (
+from sevila.model.selection import (
     Fusion, Selector, frame_correct, localizer_topk, oracle_correct, uniform_keyframes, vote,
 )
 

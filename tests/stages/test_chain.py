@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from sevila import cli, tracking
-from sevila.checkpoints import read_header
-from sevila.chain import clip_features, fit_module, load_model, read_split
-from sevila.checkpoint_io import load_weights
-from sevila.checkpoints import load_sevila
+from sevila.weights.ours import read_header
+from sevila.stages.common import clip_features, fit_module, load_model, read_split
+from sevila.weights.checkpoint_dir import load_weights
+from sevila.weights.ours import load_sevila
 from sevila.config import load_config
 from sevila.data.records import read_records
 from sevila.stages import RUNS_AS, evaluate, finetune_answerer, pretrain_localizer, pseudo_label, refine_localizer
-from sevila.settings import FrameSelection, TrainConfig
+from sevila.config import FrameSelection, TrainConfig
 from sevila.stages.finetune_answerer import answerer_items, answerer_loss
 from sevila.stages.pretrain_localizer import moment_windows
 
@@ -186,7 +186,7 @@ def test_training_resumes_only_on_the_same_inputs(chain, caplog):
     # issue 12: the resume key hashed only settings, item count and output folder, so a 16-frame run "resumed"
     # the 32-frame one and republished it
     first = chain["pretrain_localizer"]
-    caplog.set_level(logging.INFO, logger="sevila.train")
+    caplog.set_level(logging.INFO, logger="sevila.training.loop")
     assert pretrain_localizer.run(chain.cfg) == first  # same inputs: the finished run is picked up, not retrained
     assert "resuming at step 1/1" in caplog.text
     caplog.clear()

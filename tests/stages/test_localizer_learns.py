@@ -16,15 +16,16 @@ import torch
 import yaml
 
 from ..conftest import tiny_settings
-from sevila.chain import read_split
-from sevila.checkpoints import PARTS, save_sevila
+from sevila.stages.common import read_split
+from sevila.weights.ours import PARTS, save_sevila
 from sevila.config import load_config
-from sevila.data.synth import world_text
+from sevila.synthetic.world import world_text
 from sevila.data.video import frame_labels
-from sevila.model import SeViLA, sevila_tiny
+from sevila.model.modeling import SeViLA
+from sevila.model.configuration import sevila_tiny
 from sevila.stages import evaluate, prepare, pretrain_localizer, pseudo_label, refine_localizer
 from sevila.stages.pseudo_label import label_file, read_labels
-from sevila.tokenizer import build_tiny_tokenizer
+from sevila.model.tokenizer import build_tiny_tokenizer
 
 TRAIN = {"lr": 1e-3, "epochs": 5, "batch_size": 8, "micro_batch": 8, "checkpoint_every": 1000}
 LOCALIZERS = ("none", "qvh", "sr", "qvh_sr")

@@ -12,7 +12,7 @@ import yaml
 
 from sevila import tracking as tr
 from sevila.config import load_config, to_dict
-from sevila.run_settings import STAGE_SETTINGS, stage_params, variant_params
+from sevila.tracking.run_settings import STAGE_SETTINGS, stage_params, variant_params
 from sevila.tracking import Phase
 
 REPO = Path(__file__).resolve().parents[2]
@@ -74,11 +74,12 @@ VARIANT = {"study": "frames", "selector": "localizer", "n_frames": 4, "n_keyfram
 def chain(tmp_path_factory):
     """A tiny world, a tiny random backbone and a private store; frames.n_frames (8) differs from the evaluated
     variant's (4), as in the 8 -> 1 variant of the issue."""
-    from sevila.checkpoints import save_sevila
-    from sevila.data.synth import world_text
-    from sevila.model import SeViLA, sevila_tiny
+    from sevila.weights.ours import save_sevila
+    from sevila.synthetic.world import world_text
+    from sevila.model.modeling import SeViLA
+    from sevila.model.configuration import sevila_tiny
     from sevila.stages import prepare
-    from sevila.tokenizer import build_tiny_tokenizer
+    from sevila.model.tokenizer import build_tiny_tokenizer
 
     root = tmp_path_factory.mktemp("runs")
     params = {
@@ -168,7 +169,7 @@ def test_pseudo_label_refine_and_evaluate_runs_record_own_settings_and_inputs(ch
 
 
 def test_bootstrap_stage_has_a_run(chain, monkeypatch):
-    import sevila.bootstrap
+    import sevila.synthetic.bootstrap
     from sevila.stages import bootstrap
 
     cfg, uri = chain
@@ -178,7 +179,7 @@ def test_bootstrap_stage_has_a_run(chain, monkeypatch):
         seen["settings"] = settings
         return {"train_seconds": 1.5, "val_acc_inside": 0.9}
 
-    monkeypatch.setattr(sevila.bootstrap, "bootstrap_backbone", fake_bootstrap)
+    monkeypatch.setattr(sevila.synthetic.bootstrap, "bootstrap_backbone", fake_bootstrap)
     assert bootstrap.run(cfg) == {"train_seconds": 1.5, "val_acc_inside": 0.9}
     run = _one_run(Phase.BOOTSTRAP)
     assert run.data.metrics == {"train_seconds": 1.5, "val_acc_inside": 0.9}

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from sevila import tracking as tr
-from sevila.settings import AnswererId
+from sevila.config import AnswererId
 from sevila.tracking import Phase, RunTags, Study
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,7 +100,7 @@ def test_run_lands_in_named_experiment_with_tags_params_config_and_metrics(store
 
 
 def test_training_metrics_keep_their_per_step_history(store):
-    from sevila.runlog import RunLogger
+    from sevila.training.runlog import RunLogger
 
     with tr.start_run("synth", "refine", "f32k4_sr_r1", RunTags(variant="f32k4_sr", round=1)) as run:
         assert isinstance(run, RunLogger)  # the training loop's protocol
@@ -325,7 +325,7 @@ def test_run_tags_are_typed_and_validated():
 
 
 def test_selector_and_fusion_values_match_sevila_selection():
-    selection = pytest.importorskip("sevila.selection")  # imports torch; the tag module must not
+    selection = pytest.importorskip("sevila.model.selection")  # imports torch; the tag module must not
     assert tr.SELECTOR_VALUES == tuple(s.value for s in selection.Selector)
     assert tr.FUSION_VALUES == tuple(f.value for f in selection.Fusion)
     assert RunTags(variant="v", selector=selection.Selector.ORACLE, fusion=selection.Fusion.VOTE).to_tags() == {

@@ -1,9 +1,0 @@
-"""The logging interface: what satisfies the protocol."""
-from __future__ import annotations
-
-from sevila.runlog import NullLogger, RunLogger
-
-
-def test_backends_satisfy_the_protocol():
-    assert isinstance(NullLogger(), RunLogger)
-    assert not isinstance(object(), RunLogger)
