@@ -14,7 +14,7 @@ questions), so the ratio does not depend on the machine:
 - ours: questions grouped by video (sevila.inference.features.group_by_clip); per video one decode and one ViT pass
 through
   the feature cache (cold: computed and stored; warm: read back from disk, as in every later variant and
-  self-refinement round); then `SeViLA.answer(selector=localizer, fusion=concat)` for all questions of the video in
+  self-refinement round); then `chain.answer(model, selector=localizer, fusion=concat)` for all questions of the video in
   one batch: one encoder pass + ONE decoder step for the Localizer, one encoder pass + a 2-token decoder pass for the
   Answerer.
 
@@ -43,6 +43,7 @@ from transformers.utils import logging as hf_logging
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sevila.model import chain as sevila_chain
 from sevila.model import prompts  # noqa: E402
 from sevila.synthetic.world import generate_world, load_world, world_text  # noqa: E402
 from sevila.data.video import read_frames  # noqa: E402
@@ -88,7 +89,7 @@ def chain(model: SeViLA, feats: torch.Tensor, questions: list[dict], k: int
     Localizer scores [B, T])."""
     qa, loc = zip(*(prompts.qa_prompts(q["question"], q["options"]) for q in questions))
     b = len(questions)
-    res = model.answer(feats.unsqueeze(0).expand(b, *feats.shape), list(qa), [len(q["options"]) for q in questions],
+    res = sevila_chain.answer(model, feats.unsqueeze(0).expand(b, *feats.shape), list(qa), [len(q["options"]) for q in questions],
                        selector=Selector.LOCALIZER, fusion=Fusion.CONCAT, n_keyframes=k, loc_prompts=list(loc))
     return res.pred.tolist(), res.frames.tolist(), res.frame_scores
 
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         vit_flops = fc.get_total_flops()
         qa, loc = zip(*(prompts.qa_prompts(q["question"], q["options"]) for q in qs0))
         with FlopCounterMode(display=False) as fc:
-            model.answer(feats.unsqueeze(0).expand(len(qs0), *feats.shape), list(qa), [len(q["options"]) for q in qs0],
+            sevila_chain.answer(model, feats.unsqueeze(0).expand(len(qs0), *feats.shape), list(qa), [len(q["options"]) for q in qs0],
                          selector=Selector.LOCALIZER, fusion=Fusion.CONCAT, n_keyframes=args.n_keyframes,
                          loc_prompts=list(loc))
         chain_flops = fc.get_total_flops()

@@ -13,7 +13,7 @@ at the cut).
 
 Measured:
 (a) questions per second of the forward chain (paper §3.1) for B questions of one clip in one batch, as the stages
-    run it (`SeViLA.answer`, selector=localizer, fusion=concat): the Localizer scores all T=32 frames (each frame
+    run it (`chain.answer`, selector=localizer, fusion=concat): the Localizer scores all T=32 frames (each frame
     its own T5 sequence, one decoder step), top-4 keyframes, the Answerer reads them in one sequence. Timed from
     cached ViT features (every variant and refinement round after the first), and with the ViT pass over the clip's
     T frames added (the first pass over a video; the ViT is timed on --vit-frames frames and scaled to T: each
@@ -68,6 +68,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.forward_chain import gemm_gflops  # noqa: E402
+from sevila.model import chain
 from sevila.model import prompts  # noqa: E402
 from sevila.atomic import atomic_write_json  # noqa: E402
 from sevila.model.modeling import SeViLA, build_sevila, parameter_counts  # noqa: E402
@@ -148,7 +149,7 @@ def run_chain(model: SeViLA, feats: torch.Tensor, qa: list[str], loc: list[str],
     """The forward chain for B questions of one clip, feats [T, P, Dv] shared (stride-0 expand, as the stages pass
     it: one Q-Former pass per frame for all questions)."""
     b = len(qa)
-    return model.answer(feats.unsqueeze(0).expand(b, *feats.shape), qa, [N_OPTIONS] * b, selector=Selector.LOCALIZER,
+    return chain.answer(model, feats.unsqueeze(0).expand(b, *feats.shape), qa, [N_OPTIONS] * b, selector=Selector.LOCALIZER,
                         fusion=Fusion.CONCAT, n_keyframes=k, loc_prompts=loc)
 
 

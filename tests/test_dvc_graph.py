@@ -376,8 +376,8 @@ def test_sevila_repro_marks_the_parent_failed_and_returns_dvc_status(tmp_path, m
 
 def test_sevila_repro_passes_every_argument_to_dvc():
     from sevila.cli import build_parser
-    from sevila.experiments.repro import dvc_command
+    from sevila.experiments.repro import dvc_repro_command
 
     args = build_parser("repro").parse_args(["repro", "-f", "--dry", "report", "--help"])
     assert args.dvc_args == ["-f", "--dry", "report", "--help"]
-    assert dvc_command(["--", "-f"])[1:] == ["-m", "dvc", "repro", "-f"]
+    assert dvc_repro_command(["--", "-f"])[1:] == ["-m", "dvc", "repro", "-f"]

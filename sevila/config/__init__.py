@@ -6,9 +6,11 @@
 
 Free of torch, so `sevila convert` and the flows import it cheaply.
 """
-from sevila.config.modes import AnswererId, FrameSelection, Fusion, InvalidSetting, LocalizerId, Precision, Selector
+from sevila.config.modes import (
+    AnswererId, Benchmark, FrameSelection, Fusion, InvalidSetting, LocalizerId, Precision, Selector,
+)
 from sevila.config.params import (
-    BadVideoPolicyName, Benchmark, BenchmarkData, Config, ConfigError, DatasetsConfig, EvaluateConfig, FinetuneConfig,
+    BadVideoPolicyName, BenchmarkData, Config, ConfigError, DatasetsConfig, EvaluateConfig, FinetuneConfig,
     FramesConfig, ModelConfig, PaperSettings, PathsConfig, PrepareConfig, PretrainLocalizerConfig, PseudoLabelConfig,
     RefineConfig, SplitFiles, StageRecipe, ValidateConfig, VariantConfig, WorldConfig, apply_override, build,
     check_frames, frame_slots, load_config, read_yaml, real_weights, to_dict, with_paper_settings,

@@ -24,6 +24,50 @@ class InvalidSetting(ValueError):
         self.key, self.value, self.why = key, value, why
 
 
+class Benchmark(str, enum.Enum):
+    """What the pipeline runs on (`dataset:` in params.yaml) and what an annotation file is of: the embedded
+    synthetic world, the paper's QA benchmarks, and QVHighlights (`datasets.qvhighlights`), the Localizer's
+    pre-training set (paper §3.3), read by pretrain_localizer beside whichever QA benchmark runs. The one enum of
+    benchmarks: readers, metrics, settings and the rehearsal all use it."""
+
+    SYNTH = "synth"
+    NEXTQA = "nextqa"
+    STAR = "star"
+    HOW2QA = "how2qa"
+    TVQA = "tvqa"
+    VLEP = "vlep"
+    QVHIGHLIGHTS = "qvhighlights"
+
+    @property
+    def real(self) -> bool:
+        """One of the paper's benchmarks (official files read from disk), not the generated world."""
+        return self is not Benchmark.SYNTH
+
+    @property
+    def multiple_choice(self) -> bool:
+        """A QA benchmark scored by accuracy over options (all but QVHighlights' moments and the world itself, whose
+        QA is written and scored as NExT-QA's)."""
+        return self in (Benchmark.NEXTQA, Benchmark.STAR, Benchmark.HOW2QA, Benchmark.TVQA, Benchmark.VLEP)
+
+    @property
+    def has_clip_window(self) -> bool:
+        """True for benchmarks whose questions come with an annotated start/end clip that frames are sampled in
+        (SeViLA samples inside `start`/`end` for STAR, How2QA, TVQA and VLEP; the whole video otherwise).
+        A record of such a benchmark without a finite window is a "NaN window" (TVQA's `NaN-NaN`)."""
+        return self in (Benchmark.STAR, Benchmark.HOW2QA, Benchmark.TVQA, Benchmark.VLEP)
+
+    @classmethod
+    def parse(cls, name: "str | Benchmark") -> "Benchmark":
+        """Case- and punctuation-insensitive: "NExT-QA", "next_qa" and "nextqa" are the same benchmark."""
+        if isinstance(name, cls):
+            return name
+        key = "".join(ch for ch in str(name).lower() if ch.isalnum())
+        for member in cls:
+            if member.value == key:
+                return member
+        raise ValueError(f"unknown benchmark {name!r}; known: {[m.value for m in cls]}")
+
+
 class Selector(str, enum.Enum):
     """Frames the Answerer reads: UNIFORM (k of the n sampled frames, evenly), LOCALIZER (the Localizer's top-k,
     in temporal order: SeViLA), ALL (all n frames), ORACLE (all n frames, each answered alone; correct iff any

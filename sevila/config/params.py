@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from sevila.errors import UserError
-from sevila.config.modes import AnswererId, FrameSelection, Fusion, InvalidSetting, LocalizerId, Selector
+from sevila.config.modes import AnswererId, Benchmark, FrameSelection, Fusion, InvalidSetting, LocalizerId, Selector
 from sevila.config.training import BootstrapSettings, TrainConfig
 
 
@@ -28,24 +28,6 @@ class ConfigError(UserError, ValueError):
 class BadVideoPolicyName(str, enum.Enum):
     FAIL = "fail"
     SKIP = "skip"
-
-
-class Benchmark(str, enum.Enum):
-    """What the pipeline runs on (`dataset:` in params.yaml): the embedded synthetic world, or one of the paper's
-    QA benchmarks. QVHighlights (`datasets.qvhighlights`) is the Localizer's pre-training set (paper §3.3), read
-    by pretrain_localizer beside whichever QA benchmark runs, never the benchmark itself."""
-
-    SYNTH = "synth"
-    NEXTQA = "nextqa"
-    STAR = "star"
-    HOW2QA = "how2qa"
-    TVQA = "tvqa"
-    VLEP = "vlep"
-    QVHIGHLIGHTS = "qvhighlights"
-
-    @property
-    def real(self) -> bool:
-        return self is not Benchmark.SYNTH
 
 
 @dataclass(frozen=True)
@@ -143,7 +125,7 @@ class VariantConfig:
     n_keyframes: int = 4
     localizer: LocalizerId = LocalizerId.QVH_SR
     answerer: AnswererId = AnswererId.FINETUNED
-    # fusion vote: each frame read alone fills this many keyframe slots (SeViLA.answer). null (the default) = the
+    # fusion vote: each frame read alone fills this many keyframe slots (sevila.model.chain.answer). null (the default) = the
     # input the Answerer was trained on (`frame_slots` below): 1 for the zero-shot one (the official per-frame
     # input, BLIP-2 reads one image); frames.n_keyframes for one fine-tuned on that many keyframes, which never saw
     # a one-frame input, so its oracle gives each frame all k slots: one frame's content, in the format it answers in

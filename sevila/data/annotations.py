@@ -22,25 +22,8 @@ from enum import Enum
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Iterator, Sequence
 
+from sevila.config.modes import Benchmark
 from sevila.data.records import AnnotationError, MomentRecord, QARecord, Record  # AnnotationError: re-exported
-
-
-class Dataset(str, Enum):
-    """The six benchmarks of the paper (NExT-QA, STAR, How2QA, TVQA, VLEP; QVHighlights for pre-training)."""
-
-    NEXTQA = "nextqa"
-    STAR = "star"
-    HOW2QA = "how2qa"
-    TVQA = "tvqa"
-    VLEP = "vlep"
-    QVHIGHLIGHTS = "qvhighlights"
-
-    @property
-    def has_clip_window(self) -> bool:
-        """True for benchmarks whose questions come with an annotated start/end clip that frames are sampled in
-        (SeViLA samples inside `start`/`end` for STAR, How2QA, TVQA and VLEP; the whole video otherwise).
-        A record of such a dataset without a finite window is a "NaN window" (TVQA's `NaN-NaN`)."""
-        return self in (Dataset.STAR, Dataset.HOW2QA, Dataset.TVQA, Dataset.VLEP)
 
 
 class SourceFormat(str, Enum):
@@ -224,7 +207,7 @@ def iter_json_records(path: str | Path) -> Iterator[tuple[str, dict]]:
 
 
 def read_annotations(
-    dataset: Dataset | str,
+    dataset: Benchmark | str,
     path: str | Path,
     video_map: str | Path | None = None,
     fmt: SourceFormat | str = SourceFormat.OFFICIAL,
@@ -236,23 +219,26 @@ def read_annotations(
     # Imported here: the reader modules import this one for the shared checks above.
     from sevila.data import how2qa, nextqa, qvhighlights, sevila_json, star, tvqa, vlep
 
-    dataset, fmt, path = Dataset(dataset), SourceFormat(fmt), Path(path)
+    dataset, fmt, path = Benchmark(dataset), SourceFormat(fmt), Path(path)
+    if not dataset.real:
+        raise AnnotationError(path, None, f"{dataset.value} has no annotation format of its own: the synthetic "
+                                          "world is written as NExT-QA and QVHighlights files; read them as those")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: annotation file not found")
-    if video_map is not None and not (dataset is Dataset.NEXTQA and fmt is SourceFormat.OFFICIAL):
+    if video_map is not None and not (dataset is Benchmark.NEXTQA and fmt is SourceFormat.OFFICIAL):
         raise AnnotationError(video_map, None,
                               f"a video map applies only to official NExT-QA CSVs, not {dataset.value} {fmt.value}")
     if fmt is SourceFormat.SEVILA_JSON:
         records: list = sevila_json.read_sevila_json(dataset, path)
-    elif dataset is Dataset.NEXTQA:
+    elif dataset is Benchmark.NEXTQA:
         records = nextqa.read_nextqa(path, video_map)
     else:
         reader = {
-            Dataset.STAR: star.read_star,
-            Dataset.HOW2QA: how2qa.read_how2qa,
-            Dataset.TVQA: tvqa.read_tvqa,
-            Dataset.VLEP: vlep.read_vlep,
-            Dataset.QVHIGHLIGHTS: qvhighlights.read_qvhighlights,
+            Benchmark.STAR: star.read_star,
+            Benchmark.HOW2QA: how2qa.read_how2qa,
+            Benchmark.TVQA: tvqa.read_tvqa,
+            Benchmark.VLEP: vlep.read_vlep,
+            Benchmark.QVHIGHLIGHTS: qvhighlights.read_qvhighlights,
         }[dataset]
         records = reader(path)
     check_unique_qids(records, path)
@@ -283,4 +269,4 @@ def count_missing_windows(records: Sequence[Record]) -> int:
     return n
 
 
-_CLIP_DATASETS = frozenset(d.value for d in Dataset if d.has_clip_window)
+_CLIP_DATASETS = frozenset(d.value for d in Benchmark if d.has_clip_window)

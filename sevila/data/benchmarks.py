@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sevila.config import BadVideoPolicyName, Benchmark, Config
-from sevila.data.annotations import Dataset, count_unlabelled, read_annotations
+from sevila.data.annotations import count_unlabelled, read_annotations
 from sevila.data.records import Record, write_records
 from sevila.data.video import SkipLog, VideoError, probe_video, resolve_video_path
 from sevila.errors import UserError
@@ -39,9 +39,9 @@ class MissingVideo(UserError):
     """A record whose video is not in the benchmark's folder (or not a usable file); names annotation and path."""
 
 
-def video_file_id(dataset: Dataset, video: str) -> str:
+def video_file_id(dataset: Benchmark, video: str) -> str:
     """The file id (relative to the benchmark's video folder, no extension) of a record's video id."""
-    if dataset is Dataset.VLEP and ":" not in video and video.endswith(VLEP_TV_SUFFIX):
+    if dataset is Benchmark.VLEP and ":" not in video and video.endswith(VLEP_TV_SUFFIX):
         return video[: -len(VLEP_TV_SUFFIX)]
     return video
 
@@ -50,7 +50,7 @@ def video_file_id(dataset: Dataset, video: str) -> str:
 class Source:
     """One official annotation file and what it feeds."""
 
-    dataset: Dataset
+    dataset: Benchmark
     split: str
     path: Path
     videos: Path
@@ -70,13 +70,13 @@ def sources(cfg: Config) -> list[Source]:
             if path is None:
                 raise UserError(f"datasets.{bench.value}.annotations.{split} is not set (prepare.splits has "
                                 f"{split!r}): name the official file, or drop the split from prepare.splits")
-            out.append(Source(Dataset(bench.value), split, Path(path), Path(entry.videos), moments))
+            out.append(Source(Benchmark(bench.value), split, Path(path), Path(entry.videos), moments))
     return out
 
 
 def read_source(cfg: Config, src: Source) -> list[Record]:
     """The file's records in file order, stamped with the pipeline split and their video's file id."""
-    video_map = cfg.datasets.nextqa.video_map if src.dataset is Dataset.NEXTQA else None
+    video_map = cfg.datasets.nextqa.video_map if src.dataset is Benchmark.NEXTQA else None
     records = read_annotations(src.dataset, src.path, video_map=video_map)
     return [dataclasses.replace(r, split=src.split, video=video_file_id(src.dataset, r.video)) for r in records]
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from sevila.config import Benchmark
 from sevila.data.annotations import (
-    Dataset,
     SourceFormat,
     count_missing_windows,
     count_unlabelled,
@@ -43,7 +43,7 @@ class TargetFormat(str, Enum):
 
 @dataclass(frozen=True)
 class ConvertSummary:
-    dataset: Dataset
+    dataset: Benchmark
     source: SourceFormat
     target: TargetFormat
     input: Path
@@ -60,7 +60,7 @@ class ConvertSummary:
 
 
 def convert(
-    dataset: Dataset | str,
+    dataset: Benchmark | str,
     input: str | Path,
     out: str | Path,
     video_map: str | Path | None = None,
@@ -68,7 +68,7 @@ def convert(
     target: TargetFormat | str = TargetFormat.CANONICAL,
 ) -> ConvertSummary:
     """Read `input` (a `source`-format file of `dataset`) and write it to `out` in the `target` format."""
-    dataset, source, target = Dataset(dataset), SourceFormat(source), TargetFormat(target)
+    dataset, source, target = Benchmark(dataset), SourceFormat(source), TargetFormat(target)
     input = Path(input)
     out = output_path(input, Path(out), target, read=[p for p in (input, video_map) if p is not None])
     records = read_annotations(dataset, input, video_map=video_map, fmt=source)
@@ -113,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="convert a benchmark annotation file to canonical records or SeViLA JSON",
         description=__doc__.split("\n\n")[0],
     )
-    p.add_argument("dataset", choices=[d.value for d in Dataset], help="benchmark of INPUT")
+    p.add_argument("dataset", choices=[d.value for d in Benchmark if d.real], help="benchmark of INPUT")
     p.add_argument("input", type=Path, help="annotation file to read")
     p.add_argument("--video-map", type=Path, default=None, help="NExT-QA map_vid_vidorID.json (default: next to INPUT)")
     p.add_argument(

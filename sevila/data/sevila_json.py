@@ -24,9 +24,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from sevila.config import Benchmark
 from sevila.data.annotations import (
     AnnotationError,
-    Dataset,
     check_video_id,
     clip_window,
     iter_json_records,
@@ -39,25 +39,25 @@ from sevila.data.qvhighlights import parse_windows
 from sevila.data.records import MomentRecord, QARecord, Record
 from sevila.atomic import atomic_write_text
 
-QID_PREFIX: dict[Dataset, str] = {
-    Dataset.HOW2QA: "HOW2QA_",
-    Dataset.TVQA: "TVQA_",
-    Dataset.VLEP: "VLEP_",
-    Dataset.QVHIGHLIGHTS: "QVHighlight_",
+QID_PREFIX: dict[Benchmark, str] = {
+    Benchmark.HOW2QA: "HOW2QA_",
+    Benchmark.TVQA: "TVQA_",
+    Benchmark.VLEP: "VLEP_",
+    Benchmark.QVHIGHLIGHTS: "QVHighlight_",
 }
 # Datasets whose SeViLA records carry start/end as strings (the notebook's `ts.split('-')`).
-_STRING_TIMES = (Dataset.HOW2QA, Dataset.TVQA)
+_STRING_TIMES = (Benchmark.HOW2QA, Benchmark.TVQA)
 
 
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _strip_prefix(qid: str, dataset: Dataset) -> str:
+def _strip_prefix(qid: str, dataset: Benchmark) -> str:
     prefix = QID_PREFIX.get(dataset, "")
     return qid[len(prefix):] if prefix and qid.startswith(prefix) and len(qid) > len(prefix) else qid
 
 
-def _qa_from_sevila(d: dict, dataset: Dataset, path: Path, where: str, split: str | None) -> QARecord:
+def _qa_from_sevila(d: dict, dataset: Benchmark, path: Path, where: str, split: str | None) -> QARecord:
     raw_qid = require_str(d, "qid", path, where)
     qid = _strip_prefix(raw_qid, dataset)
     n = d.get("num_option")
@@ -71,14 +71,14 @@ def _qa_from_sevila(d: dict, dataset: Dataset, path: Path, where: str, split: st
     if missing:
         raise AnnotationError(path, where, f"record {raw_qid!r}: num_option is {n} but {missing} are missing")
     options = tuple(require_str(d, f"a{i}", path, where) for i in range(n))
-    if dataset is Dataset.VLEP:
+    if dataset is Benchmark.VLEP:
         question = None  # VLEP has no question; SeViLA uses a fixed prompt
     else:
         question = require_str(d, "question", path, where)
     start, end = clip_window(
         parse_seconds(d.get("start"), path, where, "start"), parse_seconds(d.get("end"), path, where, "end")
     )
-    qtype = raw_qid.split("_", 1)[0] if dataset in (Dataset.NEXTQA, Dataset.STAR) else None
+    qtype = raw_qid.split("_", 1)[0] if dataset in (Benchmark.NEXTQA, Benchmark.STAR) else None
     return QARecord(
         dataset=dataset.value,
         qid=qid,
@@ -95,12 +95,12 @@ def _qa_from_sevila(d: dict, dataset: Dataset, path: Path, where: str, split: st
 
 def _moment_from_sevila(d: dict, path: Path, where: str, split: str | None) -> MomentRecord:
     raw_qid = require_str(d, "qid", path, where)
-    qid = _strip_prefix(raw_qid, Dataset.QVHIGHLIGHTS)
+    qid = _strip_prefix(raw_qid, Benchmark.QVHIGHLIGHTS)
     duration = parse_seconds(d.get("duration"), path, where, "duration")
     if duration is None or duration <= 0:
         raise AnnotationError(path, where, f"record {raw_qid!r}: bad duration {d.get('duration')!r}")
     return MomentRecord(
-        dataset=Dataset.QVHIGHLIGHTS.value,
+        dataset=Benchmark.QVHIGHLIGHTS.value,
         qid=qid,
         query=require_str(d, "query", path, where),
         video=check_video_id(d.get("video"), path, where, raw_qid),
@@ -110,11 +110,11 @@ def _moment_from_sevila(d: dict, path: Path, where: str, split: str | None) -> M
     )
 
 
-def read_sevila_json(dataset: Dataset | str, path: str | Path) -> list[QARecord] | list[MomentRecord]:
+def read_sevila_json(dataset: Benchmark | str, path: str | Path) -> list[QARecord] | list[MomentRecord]:
     """Read a SeViLA-format JSON file of `dataset` into canonical records (split from the file name)."""
-    dataset, path = Dataset(dataset), Path(path)
+    dataset, path = Benchmark(dataset), Path(path)
     split = split_from_name(path)
-    if dataset is Dataset.QVHIGHLIGHTS:
+    if dataset is Benchmark.QVHIGHLIGHTS:
         return [_moment_from_sevila(d, path, where, split) for where, d in iter_json_records(path)]
     return [_qa_from_sevila(d, dataset, path, where, split) for where, d in iter_json_records(path)]
 
@@ -134,13 +134,13 @@ def _time_str(x: float | None) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
-def to_sevila_dict(rec: Record, dataset: Dataset | str) -> dict[str, Any]:
+def to_sevila_dict(rec: Record, dataset: Benchmark | str) -> dict[str, Any]:
     """One canonical record as SeViLA's converted JSON object (see the module docstring for the layouts)."""
-    dataset = Dataset(dataset)
+    dataset = Benchmark(dataset)
     if rec.dataset != dataset.value:
         raise ValueError(f"record {rec.qid!r} is from {rec.dataset!r}, not {dataset.value!r}")
     prefix = QID_PREFIX.get(dataset, "")
-    if dataset is Dataset.QVHIGHLIGHTS:
+    if dataset is Benchmark.QVHIGHLIGHTS:
         if not isinstance(rec, MomentRecord):
             raise ValueError(f"record {rec.qid!r}: QVHighlights needs a MomentRecord")
         out: dict[str, Any] = {"video": rec.video, "qid": prefix + rec.qid, "query": rec.query, "duration": _num(rec.duration)}
@@ -154,21 +154,21 @@ def to_sevila_dict(rec: Record, dataset: Dataset | str) -> dict[str, Any]:
         out[f"a{i}"] = opt
     if rec.answer is not None:
         out["answer"] = rec.answer
-    if dataset is not Dataset.VLEP:
+    if dataset is not Benchmark.VLEP:
         if rec.question is None:
             raise ValueError(f"record {rec.qid!r}: {dataset.value} needs a question")
         out["question"] = rec.question
     if dataset in _STRING_TIMES:
         out["start"], out["end"] = _time_str(rec.start), _time_str(rec.end)
-    elif dataset in (Dataset.STAR, Dataset.VLEP) and rec.has_window:
+    elif dataset in (Benchmark.STAR, Benchmark.VLEP) and rec.has_window:
         out["start"], out["end"] = rec.start, rec.end
     return out
 
 
-def dumps_sevila_json(records: Sequence[Record], dataset: Dataset | str) -> str:
+def dumps_sevila_json(records: Sequence[Record], dataset: Benchmark | str) -> str:
     """The file's text: `json.dumps` defaults over the list, no trailing newline (as the notebook's `save_json`)."""
     return json.dumps([to_sevila_dict(r, dataset) for r in records])
 
 
-def write_sevila_json(path: str | Path, records: Sequence[Record], dataset: Dataset | str) -> Path:
+def write_sevila_json(path: str | Path, records: Sequence[Record], dataset: Benchmark | str) -> Path:
     return atomic_write_text(path, dumps_sevila_json(records, dataset))

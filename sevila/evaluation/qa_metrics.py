@@ -9,13 +9,14 @@ All percentages are 0-100. Moment retrieval (QVHighlights) lives in sevila.evalu
 """
 from __future__ import annotations
 
-import enum
 import math
 from typing import Iterable, Sequence
 
 import numpy as np
 
-Window = tuple[float, float]
+from sevila.config.modes import Benchmark
+from sevila.data.records import Window
+
 
 NEXTQA_TYPES: tuple[str, ...] = ("CW", "CH", "TN", "TC", "TP", "DC", "DL", "DO")
 # NExT-QA groups (Xiao et al. 2021; SeViLA Table 1): Causal = why/how, Temporal = next/current/previous,
@@ -28,39 +29,29 @@ NEXTQA_GROUPS: dict[str, tuple[str, ...]] = {
 STAR_TYPES: tuple[str, ...] = ("Interaction", "Sequence", "Prediction", "Feasibility")
 
 
-class QADataset(str, enum.Enum):
-    """The multiple-choice benchmarks and how each is scored."""
-
-    NEXTQA = "nextqa"
-    STAR = "star"
-    HOW2QA = "how2qa"
-    TVQA = "tvqa"
-    VLEP = "vlep"
-
-    @classmethod
-    def parse(cls, name: str | QADataset) -> QADataset:
-        """Case- and punctuation-insensitive: "NExT-QA", "next_qa" and "nextqa" are the same benchmark."""
-        if isinstance(name, cls):
-            return name
-        key = "".join(ch for ch in str(name).lower() if ch.isalnum())
-        for member in cls:
-            if member.value == key:
-                return member
-        raise ValueError(f"unknown QA dataset {name!r}; known: {[m.value for m in cls]}")
+def qa_benchmark(name: str | Benchmark) -> Benchmark:
+    """The multiple-choice benchmark `name` names (sevila.config.Benchmark.parse), or an error naming the known ones."""
+    try:
+        ds = Benchmark.parse(name)
+    except ValueError:
+        ds = None
+    if ds is None or not ds.multiple_choice:
+        raise ValueError(f"unknown QA dataset {name!r}; known: {[m.value for m in Benchmark if m.multiple_choice]}")
+    return ds
 
 
 # ----------------------------------------------------------------------------------------------------------
 # QA accuracy
 
 
-def question_type(dataset: QADataset | str, qid: str, qtype: str | None = None) -> str | None:
+def question_type(dataset: Benchmark | str, qid: str, qtype: str | None = None) -> str | None:
     """The question's type: the given type column when set, else the qid's prefix before the first '_'
     ("CW_123_4" -> "CW", "Interaction_T1_13" -> "Interaction"). Types are only defined for NExT-QA and STAR
     (None for the others); an unknown type is an error naming the qid."""
-    ds = QADataset.parse(dataset)
-    if ds is QADataset.NEXTQA:
+    ds = qa_benchmark(dataset)
+    if ds is Benchmark.NEXTQA:
         known = NEXTQA_TYPES
-    elif ds is QADataset.STAR:
+    elif ds is Benchmark.STAR:
         known = STAR_TYPES
     else:
         return None
@@ -80,7 +71,7 @@ def accuracy(predictions: Sequence[int] | np.ndarray, answers: Sequence[int] | n
 
 
 def qa_metrics(
-    dataset: QADataset | str,
+    dataset: Benchmark | str,
     qids: Sequence[str],
     qtypes: Sequence[str | None] | None,
     predictions: Sequence[int] | np.ndarray,
@@ -97,7 +88,7 @@ def qa_metrics(
       accuracies present (the STAR headline; "accuracy" stays the per-question figure).
     `qtypes` (a raw type column) wins over the qid prefix where given.
     """
-    ds = QADataset.parse(dataset)
+    ds = qa_benchmark(dataset)
     n = len(qids)
     if len(predictions) != n or len(answers) != n or (qtypes is not None and len(qtypes) != n):
         raise ValueError(
@@ -121,12 +112,12 @@ def qa_metrics(
         out["accuracy"] = 100.0 * sum(correct) / len(correct)
     out["count"] = len(correct)
     out["unlabelled"] = unlabelled
-    if ds in (QADataset.NEXTQA, QADataset.STAR):
-        per_type = _per_type(correct, types, NEXTQA_TYPES if ds is QADataset.NEXTQA else STAR_TYPES)
+    if ds in (Benchmark.NEXTQA, Benchmark.STAR):
+        per_type = _per_type(correct, types, NEXTQA_TYPES if ds is Benchmark.NEXTQA else STAR_TYPES)
         for t, (n_right, n_t) in per_type.items():
             out[t] = 100.0 * n_right / n_t
             out[f"count_{t}"] = n_t
-        if ds is QADataset.NEXTQA:
+        if ds is Benchmark.NEXTQA:
             for group, members in NEXTQA_GROUPS.items():
                 n_right = sum(per_type[t][0] for t in members if t in per_type)
                 n_g = sum(per_type[t][1] for t in members if t in per_type)

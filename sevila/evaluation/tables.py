@@ -33,7 +33,8 @@ from typing import Any, Sequence
 import pandas as pd
 
 from sevila.atomic import atomic_path, atomic_write_json, atomic_write_text
-from sevila.evaluation.qa_metrics import NEXTQA_GROUPS, STAR_TYPES, QADataset
+from sevila.config.modes import Benchmark
+from sevila.evaluation.qa_metrics import NEXTQA_GROUPS, STAR_TYPES
 from sevila.experiments.seeds import STD_SUFFIX, collapse_seeds
 from sevila.config import AnswererId
 from sevila.tracking import (
@@ -47,8 +48,8 @@ METRIC_LABELS: dict[str, str] = {"accuracy": "Accuracy", "keyframe_in_span": "Ke
 # groups
 # (paper Table 1), STAR's four types and their unweighted mean (its headline); How2QA, TVQA, VLEP report accuracy.
 BENCHMARK_METRICS: dict[str, tuple[str, ...]] = {
-    QADataset.NEXTQA.value: tuple(NEXTQA_GROUPS),
-    QADataset.STAR.value: (*STAR_TYPES, "mean"),
+    Benchmark.NEXTQA.value: tuple(NEXTQA_GROUPS),
+    Benchmark.STAR.value: (*STAR_TYPES, "mean"),
 }
 MISSING = "–"  # en dash: a value the run did not log
 YES, NO = "✓", "✗"

@@ -28,7 +28,7 @@ class ReproFailed(RuntimeError):
         self.returncode = returncode
 
 
-def dvc_command(args: list[str]) -> list[str]:
+def dvc_repro_command(args: list[str]) -> list[str]:
     """`dvc repro ARGS` through this interpreter (the venv's dvc, whatever PATH says); a leading `--` is dropped."""
     if args[:1] == ["--"]:
         args = args[1:]
@@ -57,7 +57,7 @@ def repro(args: list[str], root: Path | None = None) -> int:
     from sevila import tracking
 
     root = root or tracking.project_root()
-    cmd = dvc_command(args)
+    cmd = dvc_repro_command(args)
     try:
         with tracking.parent_run(PARENT_RUN_NAME, dataset_of(root), tags={"dvc_args": " ".join(cmd[4:])}) as run:
             print(f"sevila repro: MLflow parent run {run.run_id} in {run.uri}", file=sys.stderr, flush=True)

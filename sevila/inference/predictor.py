@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from sevila.model import chain
 from sevila.model import prompts
 from sevila.weights.ours import CheckpointKind, WeightsReport, read_header
 from sevila.weights.load import LavisLayout, assemble, detect_kind
@@ -107,7 +108,7 @@ def predict_with(model, video: str | Path, question: str | None, options: Sequen
     features, meta = clip_features(model, video, n_frames, start, end, cache=cache, sample=sample)
     model.eval()
     with torch.no_grad():
-        res = model.answer(features.unsqueeze(0).to(next(model.t5.parameters()).device), [qa_prompt],
+        res = chain.answer(model, features.unsqueeze(0).to(next(model.t5.parameters()).device), [qa_prompt],
                            [len(options)], selector=Selector.LOCALIZER, fusion=Fusion.CONCAT,
                            n_keyframes=n_keyframes, loc_prompts=[loc_prompt])
     logits = res.option_logits[0, : len(options)].float().cpu()  # [n_options]

@@ -26,7 +26,7 @@ matters where two prefixes tokenise to different lengths).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -34,9 +34,7 @@ from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionModel
 from transformers import T5ForConditionalGeneration
 
 from sevila.model import prompts
-from sevila.model.selection import (
-    Fusion, Selector, frame_correct, localizer_topk, oracle_correct, uniform_keyframes, vote,
-)
+from sevila.model.selection import localizer_topk
 from sevila.model.tokenizer import TokenIds, TokenizedText, prefix_ids, tokenize_prompts
 from sevila.model.configuration import SeViLAConfig
 
@@ -88,11 +86,39 @@ class QFormerBridge(nn.Module):
 
 
 class Localizer(QFormerBridge):
-    """The Localizer's bridge (official `Qformer_loc`, `query_tokens_loc`, `t5_proj_loc`, `ln_vision_loc`)."""
+    """The Localizer (paper §3.1): its bridge (official `Qformer_loc`, `query_tokens_loc`, `t5_proj_loc`,
+    `ln_vision_loc`) and how the shared T5 is read for it: a frame's score is the logit of `yes` at the first
+    decoder step; it learns the targets `yes` / `no` per frame (paper §3.2-3.3)."""
+
+    @staticmethod
+    def read_scores(first_step_logits: torch.Tensor, ids: TokenIds) -> torch.Tensor:
+        """logits [N, V] of the first decoder step -> frame scores [N] (official `scores[0][:, yes_id]`)."""
+        return first_step_logits[:, ids.yes]
+
+    @staticmethod
+    def targets(labels: torch.Tensor) -> list[str]:
+        """labels [B, T] bool (True = keyframe) -> B*T target texts, question-major."""
+        return [prompts.localizer_target(bool(x)) for x in labels.flatten().tolist()]
 
 
 class Answerer(QFormerBridge):
-    """The Answerer's bridge (official `Qformer`, `query_tokens`, `t5_proj`, `ln_vision`)."""
+    """The Answerer (paper §3.1): its bridge (official `Qformer`, `query_tokens`, `t5_proj`, `ln_vision`) and how
+    the shared T5 is read for it: the option letters' logits at the decoder step after `Option`; it learns the
+    target `Option X`."""
+
+    @staticmethod
+    def read_options(letter_step_logits: torch.Tensor, ids: TokenIds, n_options: torch.Tensor) -> torch.Tensor:
+        """logits [N, V] of the step after `Option` -> option logits [N, C]; letters past a question's options get
+        -inf, so they never win."""
+        letters = torch.tensor(ids.letters, device=letter_step_logits.device)  # [C]
+        opt = letter_step_logits[:, letters]  # [N, C]
+        missing = torch.arange(len(ids.letters), device=opt.device)[None, :] >= n_options.to(opt.device)[:, None]
+        return opt.masked_fill(missing, float("-inf"))  # [N, C]
+
+    @staticmethod
+    def targets(answers: Sequence[int], limits: Sequence[int | None]) -> list[str]:
+        """answers [B] option index (each below its question's option count) -> B target texts `Option X`."""
+        return [prompts.answer_target(a, lim) for a, lim in zip(answers, limits)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -123,20 +149,6 @@ class AnswererOutput:
     option_logits: torch.Tensor  # [B, C] (or [B, T, C] per frame); -inf beyond each question's options
     pred: torch.Tensor  # [B] (or [B, T]) long option index
     truncated: torch.Tensor  # [B] bool
-
-
-@dataclass
-class AnswerResult:
-    """What `SeViLA.answer` decided for each question, and from which frames."""
-
-    pred: torch.Tensor  # [B] long option index (ORACLE: gold when any frame is right, else the vote)
-    frames: torch.Tensor  # [B, K] long frame indices the Answerer read, temporal order
-    qa_truncated: torch.Tensor  # [B] bool
-    option_logits: torch.Tensor | None = None  # [B, C]      CONCAT
-    per_frame_logits: torch.Tensor | None = None  # [B, K, C] VOTE / ORACLE
-    frame_scores: torch.Tensor | None = None  # [B, T]      LOCALIZER
-    loc_truncated: torch.Tensor | None = None  # [B] bool   LOCALIZER
-    correct: torch.Tensor | None = None  # [B] bool when gold is given (ORACLE: any frame correct)
 
 
 @dataclass(frozen=True)
@@ -331,7 +343,7 @@ class SeViLA(nn.Module):
         if slots < 1:
             raise ValueError(f"slots must be >= 1 (keyframe slots each frame fills), got {slots}")
         b, t = features.shape[:2]
-        _check_batch(texts, b, "prompts")
+        check_batch(texts, b, "prompts")
         text = self._repeat_rows(self.tokenize(texts), t)  # [B*T, Lt]
         if b > 1 and features.stride(0) == 0:  # B questions over one clip's T frames: T Q-Former passes, not B*T
             queries = self._bridge_queries(self.bridge(module), features[:1])  # [1, T, Q, d]
@@ -344,7 +356,7 @@ class SeViLA(nn.Module):
     def answerer_inputs(self, features: torch.Tensor, texts: Sequence[str]) -> EncoderInputs:
         """All K frames of a question in one sequence: features [B, K, P, Dv] -> rows [B, L, d]."""
         self._check_features(features, "answerer inputs")
-        _check_batch(texts, features.shape[0], "prompts")
+        check_batch(texts, features.shape[0], "prompts")
         return self._sequences(self.answerer, features, self.tokenize(texts))
 
     def decode(self, inputs: EncoderInputs, decoder_ids: torch.Tensor) -> torch.Tensor:
@@ -372,7 +384,7 @@ class SeViLA(nn.Module):
         inputs = self.per_frame_inputs("localizer", features, loc_prompts)  # [B*T, L, d]
         start = self.start_ids(b * t, device=inputs.embeds.device)  # [B*T, 1]
         logits = self.decode(inputs, start)[:, 0, :]  # [B*T, V] first decoder step
-        scores = logits[:, ids.yes].view(b, t)  # [B, T]
+        scores = self.localizer.read_scores(logits, ids).view(b, t)  # [B, T]
         out = LocalizerOutput(scores=scores, truncated=inputs.truncated)
         if n_keyframes is not None:
             out.keyframes, out.keyframe_scores = localizer_topk(scores.detach(), n_keyframes)  # [B, k] each
@@ -389,7 +401,7 @@ class SeViLA(nn.Module):
         if labels.shape != (b, t):
             raise ValueError(f"labels must be [B, T] = {(b, t)}, got {tuple(labels.shape)}")
         inputs = self.per_frame_inputs("localizer", features, loc_prompts)  # [B*T, L, d]
-        targets = [prompts.localizer_target(bool(x)) for x in labels.flatten().tolist()]  # B*T strings
+        targets = self.localizer.targets(labels)  # B*T strings
         return self.lm_loss(inputs, targets), inputs.truncated
 
     # ---- Answerer ----------------------------------------------------------------------------------------------
@@ -404,15 +416,12 @@ class SeViLA(nn.Module):
         n = inputs.embeds.shape[0]
         dec = self.start_ids(n, ids.option, device=inputs.embeds.device)  # [N, 2]
         logits = self.decode(inputs, dec)[:, 1, :]  # [N, V] step after "Option"
-        letters = torch.tensor(ids.letters, device=logits.device)  # [C]
-        opt = logits[:, letters]  # [N, C]
-        missing = torch.arange(len(ids.letters), device=opt.device)[None, :] >= n_options.to(opt.device)[:, None]
-        return opt.masked_fill(missing, float("-inf"))  # [N, C] letters past a question's options never win
+        return self.answerer.read_options(logits, ids, n_options)  # [N, C]
 
     def answer_frames(self, features: torch.Tensor, qa_prompts: Sequence[str], n_options: Sequence[int] | torch.Tensor
                       ) -> AnswererOutput:
         """The Answerer reading K frames together (CONCAT): features [B, K, P, Dv] -> option logits [B, C]."""
-        n_opt = _n_options(n_options, features.shape[0])  # [B]
+        n_opt = n_options_tensor(n_options, features.shape[0])  # [B]
         inputs = self.answerer_inputs(features, qa_prompts)  # [B, L, d]
         logits = self.option_logits(inputs, n_opt)  # [B, C]
         return AnswererOutput(option_logits=logits, pred=logits.argmax(dim=1), truncated=inputs.truncated)
@@ -422,7 +431,7 @@ class SeViLA(nn.Module):
         """The Answerer on each frame ALONE, frames as batch items (VOTE, ORACLE, reverse-chain pseudo-labels):
         features [B, T, P, Dv] -> option logits [B, T, C], predictions [B, T]. `slots`: `per_frame_inputs`."""
         b, t = features.shape[:2]
-        n_opt = _n_options(n_options, b).repeat_interleave(t)  # [B*T]
+        n_opt = n_options_tensor(n_options, b).repeat_interleave(t)  # [B*T]
         inputs = self.per_frame_inputs("answerer", features, qa_prompts, slots)  # [B*T, L, d]
         logits = self.option_logits(inputs, n_opt).view(b, t, -1)  # [B, T, C]
         return AnswererOutput(option_logits=logits, pred=logits.argmax(dim=2), truncated=inputs.truncated)
@@ -434,10 +443,10 @@ class SeViLA(nn.Module):
         features [B, K, P, Dv], answers [B] option index -> (loss, truncated [B])."""
         b = features.shape[0]
         answers = [int(a) for a in (answers.tolist() if torch.is_tensor(answers) else answers)]
-        _check_batch(answers, b, "answers")
-        limits = _n_options(n_options, b).tolist() if n_options is not None else [None] * b
+        check_batch(answers, b, "answers")
+        limits = n_options_tensor(n_options, b).tolist() if n_options is not None else [None] * b
         inputs = self.answerer_inputs(features, qa_prompts)  # [B, L, d]
-        targets = [prompts.answer_target(a, lim) for a, lim in zip(answers, limits)]
+        targets = self.answerer.targets(answers, limits)
         return self.lm_loss(inputs, targets), inputs.truncated
 
     def lm_loss(self, inputs: EncoderInputs, targets: list[str], z_loss: float = 0.0) -> torch.Tensor:
@@ -460,103 +469,18 @@ class SeViLA(nn.Module):
             return out.loss + z_loss * (log_z ** 2).mean()
         return out.loss
 
-    # ---- the chain ---------------------------------------------------------------------------------------------
-
-    def answer(
-        self,
-        features: torch.Tensor,
-        qa_prompts: Sequence[str],
-        n_options: Sequence[int] | torch.Tensor,
-        *,
-        selector: Selector,
-        fusion: Fusion,
-        n_keyframes: int,
-        loc_prompts: Sequence[str] | None = None,
-        gold: Sequence[int] | torch.Tensor | None = None,
-        frame_slots: int = 1,
-    ) -> AnswerResult:
-        """Answer B questions from their T sampled frames, features [B, T, P, Dv].
-
-        selector x fusion (paper §4 baselines and SeViLA):
-          LOCALIZER + CONCAT  SeViLA: Localizer keyframes -> Answerer (forward chain)
-          UNIFORM   + CONCAT  BLIP-2 concat: k evenly spaced frames -> Answerer
-          ALL       + VOTE    BLIP-2 voting: every frame answered alone, majority vote (UNIFORM + VOTE: k frames)
-          ORACLE    + VOTE    upper bound: every frame answered alone; correct iff any frame is (needs `gold`)
-        ORACLE with CONCAT is refused (the oracle is defined on single-frame answers).
-        frame_slots (VOTE only): each frame read alone fills this many keyframe slots (`per_frame_inputs`); 1 is the
-        official per-frame path, k the format of an Answerer fine-tuned on k keyframes.
-        """
-        selector, fusion = Selector(selector), Fusion(fusion)
-        self._check_features(features, "answer")
-        b, t = features.shape[:2]
-        _check_batch(qa_prompts, b, "qa_prompts")
-        n_opt = _n_options(n_options, b)  # [B]
-        gold_t = None
-        if gold is not None:
-            gold_t = torch.as_tensor(list(gold) if not torch.is_tensor(gold) else gold, dtype=torch.long)  # [B]
-            _check_batch(gold_t.tolist(), b, "gold")
-        device = features.device
-        result_extra: dict[str, Any] = {}
-
-        if frame_slots != 1 and fusion is not Fusion.VOTE:
-            raise ValueError(f"frame_slots={frame_slots} is for frames read alone (fusion=vote), not {fusion.value}")
-        if selector is Selector.ORACLE:
-            if fusion is not Fusion.VOTE:
-                raise ValueError("the oracle is defined on single-frame answers: use fusion=vote with selector=oracle")
-            if gold_t is None:
-                raise ValueError("selector=oracle needs the gold answers")
-        if selector is Selector.LOCALIZER:
-            if loc_prompts is None:
-                raise ValueError("selector=localizer needs loc_prompts")
-            loc = self.localize(features, loc_prompts, n_keyframes)
-            frames = loc.keyframes  # [B, k]
-            result_extra.update(frame_scores=loc.scores, loc_truncated=loc.truncated)
-        elif selector is Selector.UNIFORM:
-            frames = torch.tensor([uniform_keyframes(t, n_keyframes)] * b, dtype=torch.long)  # [B, k]
-        else:  # ALL, ORACLE: every sampled frame
-            frames = torch.arange(t).unsqueeze(0).expand(b, t)  # [B, T]
-        frames = frames.to(device)
-        rows = torch.arange(b, device=device).unsqueeze(1)  # [B, 1]
-        chosen = features[rows, frames]  # [B, K, P, Dv] in temporal order
-
-        if fusion is Fusion.CONCAT:
-            out = self.answer_frames(chosen, qa_prompts, n_opt)  # [B, C]
-            pred = out.pred  # [B]
-            result_extra["option_logits"] = out.option_logits
-        else:
-            out = self.answer_each_frame(chosen, qa_prompts, n_opt, frame_slots)  # [B, K, C]
-            pred = vote(out.option_logits)  # [B]
-            result_extra["per_frame_logits"] = out.option_logits
-
-        correct = None
-        if gold_t is not None:
-            gold_t = gold_t.to(pred.device)
-            if selector is Selector.ORACLE:
-                correct = oracle_correct(out.pred, gold_t)  # [B] any single frame right
-                pred = torch.where(correct, gold_t, pred)  # [B]
-            else:
-                correct = pred == gold_t  # [B]
-        return AnswerResult(pred=pred, frames=frames, qa_truncated=out.truncated, correct=correct, **result_extra)
-
-    def pseudo_labels(self, features: torch.Tensor, qa_prompts: Sequence[str], n_options: Sequence[int] | torch.Tensor,
-                      gold: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Reverse chain (paper §3.2): [B, T] bool, True where the Answerer answers correctly from that frame alone."""
-        with torch.no_grad():
-            out = self.answer_each_frame(features, qa_prompts, n_options)  # pred [B, T]
-        return frame_correct(out.pred, torch.as_tensor(gold, dtype=torch.long))  # [B, T]
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _check_batch(items: Sequence, b: int, what: str) -> None:
+def check_batch(items: Sequence, b: int, what: str) -> None:
     if len(items) != b:
         raise ValueError(f"{what}: got {len(items)} for a batch of {b} questions")
 
 
-def _n_options(n_options: Sequence[int] | torch.Tensor, b: int) -> torch.Tensor:
+def n_options_tensor(n_options: Sequence[int] | torch.Tensor, b: int) -> torch.Tensor:
     n = torch.as_tensor(n_options if torch.is_tensor(n_options) else list(n_options), dtype=torch.long)  # [B]
     if n.shape != (b,):
         raise ValueError(f"n_options: need one count per question ({b}), got shape {tuple(n.shape)}")

@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from sevila.model import chain
 from sevila.weights.checkpoint_dir import load_weights, trainable_state
 from sevila.weights.ours import save_sevila
 from sevila.config import Config, to_dict
@@ -96,7 +97,7 @@ def read_split(cfg: Config, split: str, moments: bool = False) -> list[Record]:
 
 
 class Clips:
-    """`clip_features`' result: one clip's features at a time on each pass (each pass reads the cache again), and
+    """`split_clips`' result: one clip's features at a time on each pass (each pass reads the cache again), and
     its length is the number of clips, so a progress bar knows its total."""
 
     def __init__(self, make: Callable[[], Iterator[ClipFeatures]], n_clips: int) -> None:
@@ -109,8 +110,8 @@ class Clips:
         return self.n_clips
 
 
-def clip_features(cfg: Config, model, records: Sequence[Record], n_frames: int | None = None,
-                  skip_log: SkipLog | None = None) -> Clips:
+def split_clips(cfg: Config, model, records: Sequence[Record], n_frames: int | None = None,
+                skip_log: SkipLog | None = None) -> Clips:
     """Cached ViT features per clip (one decode and one ViT pass per video and window, shared by every question,
     module, variant and round), the videos read from the records' benchmark folder (`Config.video_folder`). Bad
     videos follow `frames.bad_video`: fail, or skip and write them down.
@@ -186,7 +187,7 @@ def chain_accuracy(model, items: Sequence[dict], selector: Selector, n_keyframes
     correct = 0
     for i in range(0, len(items), batch):
         chunk = items[i:i + batch]
-        res = model.answer(stack(chunk, "features").to(dev), [it["qa"] for it in chunk],
+        res = chain.answer(model, stack(chunk, "features").to(dev), [it["qa"] for it in chunk],
                            [it["n_options"] for it in chunk], selector=selector, fusion=Fusion.CONCAT,
                            n_keyframes=n_keyframes, loc_prompts=[it["loc"] for it in chunk],
                            gold=[it["answer"] for it in chunk])

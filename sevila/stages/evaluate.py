@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from sevila.model import chain
 from sevila import tracking
-from sevila.stages.common import clip_features, load_model, qa_prompt_pair, read_split, round_dir
+from sevila.stages.common import split_clips, load_model, qa_prompt_pair, read_split, round_dir
 from sevila.config import Config, VariantConfig, frame_slots
 from sevila.data.video import SkipLog, frame_labels
 from sevila.atomic import atomic_write_json, atomic_write_text
@@ -42,7 +43,7 @@ def answer_clip(model, v: VariantConfig, features: torch.Tensor, meta, records) 
         qa, loc = zip(*(qa_prompt_pair(r) for r in recs))
         gold = [r.answer for r in recs] if all(r.answer is not None for r in recs) else None
         feats = features[None].expand(len(recs), *features.shape).to(dev)  # [Q, T, P, D]
-        res = model.answer(feats, list(qa), [len(r.options) for r in recs], selector=v.selector, fusion=v.fusion,
+        res = chain.answer(model, feats, list(qa), [len(r.options) for r in recs], selector=v.selector, fusion=v.fusion,
                            n_keyframes=v.n_keyframes, loc_prompts=list(loc), gold=gold, frame_slots=v.frame_slots)
         for q, r in enumerate(recs):
             frames = res.frames[q].cpu().numpy()
@@ -94,7 +95,7 @@ def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, mo
     v = dataclasses.replace(v, frame_slots=frame_slots(v, cfg.frames.n_keyframes))  # null: its Answerer's input
     skipped = SkipLog()
     rows, timestamps = [], {}
-    for c in tqdm(clip_features(cfg, model, records, v.n_frames, skipped), desc=f"evaluate {name}", unit="clip"):
+    for c in tqdm(split_clips(cfg, model, records, v.n_frames, skipped), desc=f"evaluate {name}", unit="clip"):
         rows += answer_clip(model, v, c.features, c.meta, c.records)
         timestamps |= {r.qid: c.meta.timestamps for r in c.records}
     by_qid = {r.qid: r for r in records}

@@ -12,7 +12,7 @@ import torch
 
 from sevila import tracking
 from sevila.stages.common import (
-    answerer_dir, chain_accuracy, clip_features, fit_module, load_model, qa_items, qa_prompt_pair, read_split, stack,
+    answerer_dir, chain_accuracy, split_clips, fit_module, load_model, qa_items, qa_prompt_pair, read_split, stack,
 )
 from sevila.config import Config, FrameSelection, LocalizerId
 from sevila.inference.features import take_frames
@@ -74,8 +74,8 @@ def run(cfg: Config) -> dict:
     model = load_model(cfg, localizer=ft.localizer if uses_loc else LocalizerId.BACKBONE,
                        precision=ft.train.precision)
     k = cfg.frames.n_keyframes
-    items = answerer_items(model, clip_features(cfg, model, read_split(cfg, "train")), ft.frames, k, ft.train.seed)
-    val = qa_items(clip_features(cfg, model, read_split(cfg, "val")))
+    items = answerer_items(model, split_clips(cfg, model, read_split(cfg, "train")), ft.frames, k, ft.train.seed)
+    val = qa_items(split_clips(cfg, model, read_split(cfg, "val")))
     tags = tracking.RunTags(variant=f"finetune_{ft.frames.value}", round=cfg.round, answerer=answerer,
                             loc_pretrain=ft.localizer.pretrained if uses_loc else None,
                             loc_refine=ft.localizer.refined if uses_loc else None,

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from sevila.config import Config
-from sevila.data.annotations import Dataset, count_unlabelled, read_annotations
+from sevila.data.annotations import count_unlabelled, read_annotations
+from sevila.config import Benchmark
 from sevila.data.benchmarks import prepare_benchmark
 from sevila.data.records import QARecord, write_records
 from sevila.synthetic.world import generate_world
@@ -60,12 +61,12 @@ def run(cfg: Config) -> dict:
 
     spans = read_spans(world / "spans.jsonl")
     video_map = world / "nextqa" / "map_vid_vidorID.json"
-    summary: dict = {"dataset": Dataset.NEXTQA.value, "splits": {}}  # the format the world's QA is written in
+    summary: dict = {"dataset": Benchmark.NEXTQA.value, "splits": {}}  # the format the world's QA is written in
     for split in cfg.prepare.splits:
         qa_src = world / "nextqa" / f"{split}.csv"
-        qa = with_evidence(read_annotations(Dataset.NEXTQA, qa_src, video_map=video_map), spans, split, qa_src)
+        qa = with_evidence(read_annotations(Benchmark.NEXTQA, qa_src, video_map=video_map), spans, split, qa_src)
         moments = [dataclasses.replace(m, split=split) for m in read_annotations(
-            Dataset.QVHIGHLIGHTS, world / "qvhighlights" / f"highlight_{split}_release.jsonl")]
+            Benchmark.QVHIGHLIGHTS, world / "qvhighlights" / f"highlight_{split}_release.jsonl")]
         write_records(processed / f"{split}.jsonl", qa)
         write_records(processed / f"moments_{split}.jsonl", moments)
         summary["splits"][split] = {

@@ -16,7 +16,7 @@ import torch
 
 from sevila.model import prompts
 from sevila import tracking
-from sevila.stages.common import clip_features, fit_module, load_model, localizer_dir, read_split, stack
+from sevila.stages.common import split_clips, fit_module, load_model, localizer_dir, read_split, stack
 from sevila.config import Config, LocalizerId
 from sevila.data.video import frame_labels
 from sevila.inference.features import load_features
@@ -80,8 +80,8 @@ def moment_quality(model, items: list[dict], k: int) -> dict[str, float]:
 
 def run(cfg: Config) -> dict:
     model = load_model(cfg, precision=cfg.pretrain_localizer.train.precision)
-    train_items = moment_items(clip_features(cfg, model, read_split(cfg, "train", moments=True)))
-    val_items = moment_items(clip_features(cfg, model, read_split(cfg, "val", moments=True)))
+    train_items = moment_items(split_clips(cfg, model, read_split(cfg, "train", moments=True)))
+    val_items = moment_items(split_clips(cfg, model, read_split(cfg, "val", moments=True)))
     k = cfg.frames.n_keyframes
     tags = tracking.RunTags(variant="pretrain_localizer", loc_pretrain=True, loc_refine=False,
                             n_frames=cfg.frames.n_frames, n_keyframes=k, dvc_stage="pretrain_localizer")

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from sevila import tracking
-from sevila.stages.common import clip_features, load_model, qa_prompt_pair, read_split, round_dir
+from sevila.stages.common import split_clips, load_model, qa_prompt_pair, read_split, round_dir
 from sevila.config import AnswererId, Config
 from sevila.data.video import SkipLog, frame_labels
 from sevila.atomic import atomic_write_json, atomic_write_text
@@ -57,7 +57,7 @@ def run(cfg: Config) -> dict:
     skipped = SkipLog()
     lines, n_pos = [], []
     pos_with_truth = pos_inside = event_frames = 0  # where ground-truth spans exist (synthetic world)
-    for c in tqdm(clip_features(cfg, model, records, skip_log=skipped), desc="pseudo-labels", unit="clip"):
+    for c in tqdm(split_clips(cfg, model, records, skip_log=skipped), desc="pseudo-labels", unit="clip"):
         for r, row in zip(c.records, label_clip(model, c.features, c.records)):
             labels = np.array(row["labels"], dtype=bool)
             n_pos.append(int(labels.sum()))

@@ -12,7 +12,7 @@ import torch
 
 from sevila import tracking
 from sevila.stages.common import (
-    chain_accuracy, clip_features, fit_module, load_model, localizer_dir, qa_items, qa_prompt_pair, read_split,
+    chain_accuracy, split_clips, fit_module, load_model, localizer_dir, qa_items, qa_prompt_pair, read_split,
 )
 from sevila.config import Config, LocalizerId
 from sevila.atomic import atomic_write_json
@@ -54,8 +54,8 @@ def run(cfg: Config) -> dict:
     for start in cfg.refine_localizer.starts:
         load_id, load_round, target = start_and_target(LocalizerId(start), cfg.round)
         model = load_model(cfg, localizer=load_id, round_=load_round, precision=cfg.refine_localizer.train.precision)
-        items = pseudo_items(clip_features(cfg, model, records), labels)
-        val = qa_items(clip_features(cfg, model, read_split(cfg, "val")))
+        items = pseudo_items(split_clips(cfg, model, records), labels)
+        val = qa_items(split_clips(cfg, model, read_split(cfg, "val")))
         k = cfg.frames.n_keyframes
         tags = tracking.RunTags(variant=f"refine_{target.value}", study=tracking.Study.ROUND, round=cfg.round,
                                 loc_pretrain=target.pretrained, loc_refine=True, n_frames=cfg.frames.n_frames,

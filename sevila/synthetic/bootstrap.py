@@ -84,7 +84,7 @@ from tqdm.auto import tqdm
 
 from sevila.model import prompts
 from sevila.synthetic.bootstrap_examples import (
-    EMPTY_SLOTS, SLOT_WORDS, Context, Example, FrameTable, Gate, Phase, PhaseData, Pools, Task, TaskSpec,
+    EMPTY_SLOTS, SLOT_WORDS, Context, Example, FrameTable, Gate, CurriculumPhase, PhaseData, Pools, Task, TaskSpec,
     caption_images, collate_examples, concat_tables, event_frame_pool, frame_qa_example, frame_qa_pool,
     ground_examples, load_frame_table, localize_example, match_example, shows_event, slot_text, text_metas,
     text_qa_example, yes_no_example,
@@ -107,34 +107,34 @@ log = logging.getLogger(__name__)
 TEXT_MAX_LEN = 128
 
 
-def curriculum(s: BootstrapSettings) -> tuple[Phase, ...]:
+def curriculum(s: BootstrapSettings) -> tuple[CurriculumPhase, ...]:
     """The phases of the recipe (module docstring): the T5 learns multiple choice on text first; the vision is
     aligned to the frozen T5 last (GROUND), and frames enter multiple choice only in the optional `frames`."""
     ground, match = TaskSpec(Task.GROUND), TaskSpec(Task.MATCH, 2, 5)
     return (
-        Phase("vocab", s.vocab_steps, (TaskSpec(Task.MATCH, 2, 2, n_words=2),)),
-        Phase("match", s.match_steps, (TaskSpec(Task.MATCH, 2, 2),), Gate("match2_acc", s.gate)),
-        Phase("options", s.options_steps, (TaskSpec(Task.MATCH, 2, 3), TaskSpec(Task.MATCH, 4, 5),
+        CurriculumPhase("vocab", s.vocab_steps, (TaskSpec(Task.MATCH, 2, 2, n_words=2),)),
+        CurriculumPhase("match", s.match_steps, (TaskSpec(Task.MATCH, 2, 2),), Gate("match2_acc", s.gate)),
+        CurriculumPhase("options", s.options_steps, (TaskSpec(Task.MATCH, 2, 3), TaskSpec(Task.MATCH, 4, 5),
                                            TaskSpec(Task.MATCH, 5, 5)), Gate("match_acc", s.gate)),
         # The one phase seen to stall outright (issue 10); the others climb, slowly on some seeds.
-        Phase("questions", s.questions_steps, (TaskSpec(Task.TEXT_QA, 2, 5), TaskSpec(Task.TEXT_QA, 5, 5), match),
+        CurriculumPhase("questions", s.questions_steps, (TaskSpec(Task.TEXT_QA, 2, 5), TaskSpec(Task.TEXT_QA, 5, 5), match),
               Gate("text_acc", s.gate, s.stall_steps, s.stall_rise), lr=s.late_lr),
         # Several frames and yes/no only once single-frame questions work: mixed in from the start they tripled
         # the steps the questions took (1400-1500 instead of ~800, each step longer). KEYFRAMES: the frames the
         # Answerer is given (`text_qa_example`); ungated (`keyframes_acc` is reported), as distractors are harder.
-        Phase("context", s.context_steps, (TaskSpec(Task.TEXT_QA, 5, 5, n_frames=2),
+        CurriculumPhase("context", s.context_steps, (TaskSpec(Task.TEXT_QA, 5, 5, n_frames=2),
                                            TaskSpec(Task.TEXT_QA, 5, 5, n_frames=4),
                                            TaskSpec(Task.TEXT_QA, 5, 5, n_frames=4, context=Context.KEYFRAMES),
                                            TaskSpec(Task.YES_NO), TaskSpec(Task.LOCALIZE), TaskSpec(Task.TEXT_QA, 2, 5),
                                            match),
               Gate("multi_acc", s.gate), lr=s.late_lr),
         # From here on the T5 is final (frozen, as SeViLA keeps it) and the vision is aligned to it, BLIP-2's order.
-        Phase("see", s.see_steps, (ground,), train_t5=False),
+        CurriculumPhase("see", s.see_steps, (ground,), train_t5=False),
         # Off by default (frames_steps 0): with exact queries (`ground_loss`) it lowered held-out frame QA (seed 2:
         # 0.86 -> 0.79 within 300 steps); before, with queries only nearest, it raised it (0.37 -> 0.74).
         # Its gate only ends it early: below it the vision is less exact, not broken (a plateau of the language
         # phases is what a restart escapes), and a restart here would throw away the whole frozen T5.
-        Phase("frames", s.frames_steps, (TaskSpec(Task.FRAME_QA), TaskSpec(Task.FRAME_QA),
+        CurriculumPhase("frames", s.frames_steps, (TaskSpec(Task.FRAME_QA), TaskSpec(Task.FRAME_QA),
                                          TaskSpec(Task.FRAME_MATCH, 2, 5), ground),
               Gate("frame_qa_acc", s.gate, restart=False),
               lr=s.late_lr, train_t5=False),
@@ -336,7 +336,7 @@ def gate_verdict(gate: Gate | None, seen: Sequence[tuple[int, float]]) -> Verdic
     return Verdict.RUNNING
 
 
-def gate_check(phase: Phase):
+def gate_check(phase: CurriculumPhase):
     """`should_stop` of one phase's `train` call, asked after each held-out evaluation: logs the figures and ends
     the phase once its gate is open or it has stalled (never for an ungated phase). `train` then keeps exactly those
     weights and marks the phase's `last/` stopped, so a rerun of an interrupted bootstrap skips a finished attempt.
@@ -352,7 +352,7 @@ def gate_check(phase: Phase):
     return should_stop
 
 
-def phase_verdict(phase: Phase, stopped: bool, metrics: Mapping[str, float]) -> Verdict:
+def phase_verdict(phase: CurriculumPhase, stopped: bool, metrics: Mapping[str, float]) -> Verdict:
     """The verdict on a finished `train` call of `phase` (also one resumed already stopped, whose evaluations this
     process never saw): a stop below the gate can only be a stall."""
     if phase.gate is None or metrics[phase.gate.metric] >= phase.gate.threshold:
@@ -437,7 +437,7 @@ class HeldOut:
 RESTART_SEED = 7919
 
 
-def phase_train_config(phase: Phase, s: BootstrapSettings, index: int, seed: int, progress: bool = False
+def phase_train_config(phase: CurriculumPhase, s: BootstrapSettings, index: int, seed: int, progress: bool = False
                        ) -> TrainConfig:
     """How curriculum phase number `index` is trained: one pass over its examples, a warm-up of its own (each phase
     starts a fresh AdamW), a constant rate while gated (a decay would starve a plateau that has not broken yet)."""
@@ -457,7 +457,7 @@ def bootstrap_trainable(model: SeViLA, train_t5: bool) -> None:
     model.t5.requires_grad_(train_t5)
 
 
-def run_phases(model: SeViLA, phases: Sequence[Phase], s: BootstrapSettings, attempt: int, pools: Pools,
+def run_phases(model: SeViLA, phases: Sequence[CurriculumPhase], s: BootstrapSettings, attempt: int, pools: Pools,
                held: HeldOut, loss_fn, work: Path, *, stop_at_failure: bool, progress: bool
                ) -> tuple[list[dict[str, Any]], int]:
     """One attempt at the curriculum: each phase trained in turn (its checkpoints under `work`, so an interrupted

@@ -102,7 +102,7 @@ class Gate:
 
 
 @dataclass(frozen=True)
-class Phase:
+class CurriculumPhase:
     """A curriculum phase: up to `steps` optimizer steps whose examples cycle through `mix` (a task listed twice
     gets twice the share). With a `gate` the phase is checked every `gate_every` steps and ends as soon as the gate
     opens (`gate_check`): how long a small transformer sits on the matching plateau varies from seed to seed, so a
@@ -427,7 +427,7 @@ class PhaseData:
     """The examples of one phase: item i is built from its own RNG (seed, phase, i), so the data are the same in
     every run and on resumption, and nothing is materialised up front."""
 
-    def __init__(self, phase: Phase, n_items: int, seed: int, pools: Pools) -> None:
+    def __init__(self, phase: CurriculumPhase, n_items: int, seed: int, pools: Pools) -> None:
         self.phase, self.n, self.seed, self.pools = phase, n_items, seed, pools
         for spec in phase.mix:
             if not pools.of(spec.task):

@@ -427,7 +427,7 @@ def _run(dataset: str, phase: Phase | str, run_name: str, tags: dict[str, str],
 
 
 def _reap(c: MlflowClient) -> list[str]:
-    return tracking_owner.reap_stale_runs(c, list(_sevila_experiments(c)))
+    return tracking_owner.reap_experiments(c, list(_sevila_experiments(c)))
 
 
 def reap_stale_runs(uri: str | None = None) -> list[str]:

@@ -3,7 +3,7 @@
 MLflow marks a run FINISHED/FAILED/KILLED only when the process that made it says so. A process killed with
 SIGKILL (the OOM killer, `kill -9`, a cancelled CI job) says nothing, and its run would stay RUNNING forever,
 looking like work in progress in the UI and in `runs_frame`. So every run records its owner as the tag
-`sevila.owner` = `<host>:<pid>:<process start time>`, and `reap_stale_runs` marks KILLED every RUNNING run
+`sevila.owner` = `<host>:<pid>:<process start time>`, and `reap_experiments` marks KILLED every RUNNING run
 whose owner is on this host and no longer alive (the start time tells a reused pid from the original
 process). It runs when a run or a parent run is opened and when `sevila report` reads the runs. Runs owned by
 another host are left alone: from here we cannot tell whether their process is alive.
@@ -76,7 +76,7 @@ def is_alive(owner: Owner) -> bool:
     return not (owner.started and now and now != owner.started)
 
 
-def reap_stale_runs(c: MlflowClient, experiment_ids: list[str]) -> list[str]:
+def reap_experiments(c: MlflowClient, experiment_ids: list[str]) -> list[str]:
     """Mark KILLED every RUNNING run of `experiment_ids` whose owner process on this host is gone; returns
     their ids. Two processes reaping the same run at once both write KILLED: harmless."""
     from mlflow.entities import RunTag

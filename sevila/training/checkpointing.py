@@ -5,15 +5,21 @@ sevila.weights.checkpoint_dir's."""
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from sevila.config.training import TrainConfig
-from sevila.weights.checkpoint_dir import STATE_FILE, CheckpointError, load_state_file, load_weights
+from sevila.training.distributed import DistEnv, barrier
+from sevila.weights.checkpoint_dir import (
+    CHECKPOINT_FORMAT, STATE_FILE, CheckpointError, load_state_file, load_weights, modules_of, recover_dir,
+    write_checkpoint_dir,
+)
 
 LAST = "last"
 BEST = "best"
@@ -67,3 +73,80 @@ def load_for_resume(model: nn.Module, optimizer: torch.optim.Optimizer, last_dir
     except (ValueError, KeyError) as e:
         raise CheckpointError(f"{last_dir / STATE_FILE}: optimizer state does not fit this model ({e})") from e
     return state
+
+
+@dataclass
+class RunState:
+    """Where a run is and what it has seen: what `last/` holds besides the weights, optimizer and RNG states."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    position: int = 0  # optimizer steps done inside `epoch`
+    history: list[dict[str, float]] = field(default_factory=list)  # {"step": s, name: value, ...} per record
+    best_value: float | None = None
+    best_step: int | None = None
+    final_metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    stopped: bool = False  # should_stop ended the run at `step`
+
+    @classmethod
+    def from_checkpoint(cls, state: Mapping[str, Any]) -> "RunState":
+        return cls(int(state["step"]), int(state["epoch"]), int(state["position"]), [dict(h) for h in state["history"]],
+                   state["best_value"], state["best_step"], dict(state["final_metrics"]), bool(state.get("stopped", False)))
+
+
+@dataclass
+class Checkpoints:
+    """The two checkpoint directories of one run: `last/` (everything a resume needs, every `checkpoint_every`
+    steps and at the end) and `best/` (the weights with the best validation metric). Only rank 0 writes."""
+
+    out_dir: Path
+    params: dict[str, torch.Tensor]  # the trainable parameters by name: what the weights file holds
+    cfg: TrainConfig
+    total_steps: int
+    per_epoch: int
+    env: DistEnv
+
+    @property
+    def last(self) -> Path:
+        return self.out_dir / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.out_dir / BEST
+
+    def recover(self) -> None:
+        """Finish or undo a publish that a crash interrupted (sevila.weights.checkpoint_dir), on every rank's view."""
+        if self.env.main:
+            recover_dir(self.last)
+            recover_dir(self.best)
+        barrier(self.env)
+
+    def meta(self, at_step: int) -> dict[str, Any]:
+        names = list(self.params)
+        return {"format": CHECKPOINT_FORMAT, "step": at_step, "total_steps": self.total_steps,
+                "modules": modules_of(names), "n_trainable_tensors": len(names),
+                "n_trainable_values": sum(p.numel() for p in self.params.values()), "config": self.cfg.to_dict(),
+                "world_size": self.env.world_size}
+
+    def save_last(self, run: RunState, optimizer: torch.optim.Optimizer) -> None:
+        """`last/` at `run.step`, with the RNG states of every rank (gathered: a collective, so every rank calls)."""
+        rng = rng_state()
+        rngs = [rng]
+        if self.env.world_size > 1:
+            rngs = [None] * self.env.world_size
+            dist.all_gather_object(rngs, rng)
+        if not self.env.main:
+            return
+        e, p = (run.epoch + 1, 0) if run.position >= self.per_epoch else (run.epoch, run.position)
+        state = {"format": CHECKPOINT_FORMAT, "step": run.step, "epoch": e, "position": p,
+                 "total_steps": self.total_steps, "config": self.cfg.to_dict(), "optimizer": optimizer.state_dict(),
+                 "rng": rngs, "history": run.history, "best_value": run.best_value, "best_step": run.best_step,
+                 "final_metrics": run.final_metrics, "stopped": run.stopped, "world_size": self.env.world_size}
+        meta = self.meta(run.step) | {"epoch": e, "position": p, "best_value": run.best_value,
+                                      "best_step": run.best_step, "stopped": run.stopped}
+        write_checkpoint_dir(self.last, self.params, meta, state)
+
+    def save_best(self, run: RunState, metric: str, goal: str) -> None:
+        if self.env.main:
+            write_checkpoint_dir(self.best, self.params, self.meta(run.step) | {
+                "best_metric": metric, "best_goal": goal, "best_value": run.best_value})

@@ -2,8 +2,10 @@
 (sevila.training.loop)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -34,3 +36,19 @@ def setup_distributed() -> DistEnv:
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
         owns = True
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, owns)
+
+
+@contextlib.contextmanager
+def distributed() -> Iterator[DistEnv]:
+    """The process group for the block: joined on entry (when WORLD_SIZE > 1), left on exit if this joined it."""
+    env = setup_distributed()
+    try:
+        yield env
+    finally:
+        if env.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def barrier(env: DistEnv) -> None:
+    if env.world_size > 1:
+        dist.barrier()

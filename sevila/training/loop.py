@@ -55,12 +55,15 @@ from tqdm.auto import tqdm
 
 from sevila.config.training import TrainConfig
 from sevila.model.precision import use_bf16
-from sevila.training.checkpointing import BEST, LAST, load_for_resume, rng_state, seed_everything, set_rng_state
-from sevila.training.distributed import DistEnv, setup_distributed
+from sevila.training.checkpointing import (
+    Checkpoints, RunState, load_for_resume, rng_state, seed_everything, set_rng_state,
+)
+from sevila.training.distributed import DistEnv, barrier, distributed
 from sevila.training.runlog import NullLogger, RunLogger
-from sevila.weights.checkpoint_dir import CHECKPOINT_FORMAT, modules_of, recover_dir, trainable_state, write_checkpoint_dir
+from sevila.weights.checkpoint_dir import trainable_state
 
 log = logging.getLogger(__name__)
+
 
 class Goal(str, enum.Enum):
     """Whether a larger or smaller value of the validation metric is better (accuracy: MAX, loss: MIN)."""
@@ -216,213 +219,180 @@ def train(model: nn.Module, dataset: Any, loss_fn: Callable[[nn.Module, Any], to
     if should_stop is not None and eval_fn is None:
         raise ValueError("should_stop is asked after each evaluation: it needs an eval_fn")
     best_goal = Goal(best_goal)
-    out_dir = Path(out_dir)
-    ddp_env = setup_distributed()
-    try:
-        return _train(model, dataset, loss_fn, cfg, out_dir, collate_fn or default_collate, logger, eval_fn,
-                      should_stop, best_metric, best_goal, resume, device, ddp_env)
-    finally:
-        if ddp_env.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+    collate_fn = collate_fn or default_collate
+    with distributed() as env:
+        world, rank = env.world_size, env.rank
+        n = len(dataset)
+        per_epoch, total, accum = schedule(cfg, n, world)
+        device = torch.device(device if device is not None else
+                              f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        params = trainable_state(model)
+        if not params:
+            raise ValueError("the model has no parameter with requires_grad: nothing to train")
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                      eps=cfg.eps)
+        bf16 = use_bf16(cfg.precision, device)
 
-
-def _train(model, dataset, loss_fn, cfg: TrainConfig, out_dir: Path, collate_fn, logger: RunLogger, eval_fn,
-           should_stop, best_metric, best_goal: Goal, resume: bool, device, env: DistEnv) -> TrainResult:
-    world, rank = env.world_size, env.rank
-    if cfg.batch_size % (cfg.micro_batch * world):
-        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be a multiple of micro_batch="
-                         f"{cfg.micro_batch} x world_size={world}")
-    n = len(dataset)
-    per_epoch = steps_per_epoch(n, cfg.batch_size)
-    if per_epoch == 0:
-        raise ValueError(f"the dataset has {n} examples, fewer than one global batch of {cfg.batch_size}")
-    total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.epochs * per_epoch, cfg.max_steps)
-    accum = cfg.batch_size // (cfg.micro_batch * world)
-
-    if device is None:
-        device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    model.to(device)
-    params = trainable_state(model)
-    if not params:
-        raise ValueError("the model has no parameter with requires_grad: nothing to train")
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                                  eps=cfg.eps)
-    bf16 = use_bf16(cfg.precision, device)
-
-    # ---- start or resume
-    last_dir, best_dir = out_dir / LAST, out_dir / BEST
-    if env.main:
-        recover_dir(last_dir)
-        recover_dir(best_dir)
-    if world > 1:
-        dist.barrier()
-    step, epoch, pos = 0, 0, 0
-    history: list[dict[str, float]] = []
-    best_value: float | None = None
-    best_step: int | None = None
-    final_metrics: dict[str, float] = {}
-    resumed_from = None
-    stopped = False
-    if last_dir.exists():
-        if not resume:
-            raise FileExistsError(f"{last_dir} exists and resume=False: choose another out_dir or delete it")
-        state = load_for_resume(model, optimizer, last_dir, cfg)
-        step, epoch, pos = int(state["step"]), int(state["epoch"]), int(state["position"])
-        history = [dict(h) for h in state["history"]]
-        best_value, best_step = state["best_value"], state["best_step"]
-        final_metrics = dict(state["final_metrics"])
-        stopped = bool(state.get("stopped", False))
-        rngs = state["rng"]
-        if len(rngs) == world:
-            set_rng_state(rngs[rank])
+        # ---- start or resume
+        ckpt = Checkpoints(Path(out_dir), params, cfg, total, per_epoch, env)
+        ckpt.recover()
+        run, resumed_from = RunState(), None
+        if ckpt.last.exists():
+            if not resume:
+                raise FileExistsError(f"{ckpt.last} exists and resume=False: choose another out_dir or delete it")
+            state = load_for_resume(model, optimizer, ckpt.last, cfg)
+            run = RunState.from_checkpoint(state)
+            if len(state["rng"]) == world:
+                set_rng_state(state["rng"][rank])
+            else:
+                log.warning("%s was written by %d processes, now %d: RNG streams reseeded, so the run will not "
+                            "match an uninterrupted one bit for bit", ckpt.last, len(state["rng"]), world)
+                seed_everything(cfg.seed + 7919 * run.step + rank)
+            resumed_from = run.step
+            log.info("resuming at step %d/%d from %s (epoch %d, position %d)%s", run.step, total, ckpt.last,
+                     run.epoch, run.position,
+                     ": the run stopped there (should_stop), nothing left to train" if run.stopped else "")
         else:
-            log.warning("%s was written by %d processes, now %d: RNG streams reseeded, so the run will not "
-                        "match an uninterrupted one bit for bit", last_dir, len(rngs), world)
-            seed_everything(cfg.seed + 7919 * step + rank)
-        resumed_from = step
-        log.info("resuming at step %d/%d from %s (epoch %d, position %d)%s", step, total, last_dir, epoch, pos,
-                 ": the run stopped there (should_stop), nothing left to train" if stopped else "")
-    else:
-        seed_everything(cfg.seed + rank)  # ranks draw different dropout masks, as separate machines would
-    if env.main:
-        logger.log_params({f"train.{k}": v for k, v in cfg.to_dict().items()}
-                          | {"train.total_steps": total, "train.world_size": world})
-
-    runner: nn.Module = _LossModule(model, loss_fn)
-    ddp = None
-    if world > 1:
-        ddp = nn.parallel.DistributedDataParallel(
-            runner, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters,
-            forward_sync_buffers=False)  # buffers are synced once at construction; frozen ones never change
-        runner = ddp
-    trainable = list(params.values())
-
-    def record(metrics: Mapping[str, float]) -> None:
-        history.append({"step": step, **metrics})
+            seed_everything(cfg.seed + rank)  # ranks draw different dropout masks, as separate machines would
         if env.main:
-            logger.log_metrics(dict(metrics), step)
+            logger.log_params({f"train.{k}": v for k, v in cfg.to_dict().items()}
+                              | {"train.total_steps": total, "train.world_size": world})
 
-    def evaluate() -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        if env.main:
-            saved = rng_state()
-            model.eval()
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                metrics = {k: float(v) for k, v in eval_fn(model).items()}
-            model.train()
-            set_rng_state(saved)
-            if best_metric is not None and best_metric not in metrics:
-                raise KeyError(f"eval_fn returned no {best_metric!r} (best_metric); it returned {sorted(metrics)}")
+        runner: nn.Module = _LossModule(model, loss_fn)
+        ddp = None
         if world > 1:
-            box = [metrics]
-            dist.broadcast_object_list(box, src=0)
-            metrics = box[0]
-        return metrics
+            ddp = nn.parallel.DistributedDataParallel(
+                runner, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=cfg.find_unused_parameters,
+                forward_sync_buffers=False)  # buffers are synced once at construction; frozen ones never change
+            runner = ddp
+        trainable = list(params.values())
 
-    def improved(value: float) -> bool:
-        if best_value is None:
-            return True
-        return value > best_value if best_goal is Goal.MAX else value < best_value
+        def record(metrics: Mapping[str, float]) -> None:
+            run.history.append({"step": run.step, **metrics})
+            if env.main:
+                logger.log_metrics(dict(metrics), run.step)
 
-    def meta(at_step: int) -> dict[str, Any]:
-        names = list(params)
-        return {"format": CHECKPOINT_FORMAT, "step": at_step, "total_steps": total, "modules": modules_of(names),
-                "n_trainable_tensors": len(names), "n_trainable_values": sum(p.numel() for p in trainable),
-                "config": cfg.to_dict(), "world_size": world}
+        # ---- the loop: epochs of seeded permutations, global batches of accumulated micro-batches
+        show = cfg.progress and env.main and sys.stderr.isatty()
+        model.train()
+        epoch_bar = tqdm(total=cfg.epochs, initial=run.epoch, desc="epochs", disable=not show, position=0)
+        while run.step < total and not run.stopped:
+            if run.position >= per_epoch:
+                run.epoch, run.position = run.epoch + 1, 0
+                epoch_bar.update(1)
+            micro = epoch_batches(n, run.epoch, cfg.seed, cfg.batch_size, cfg.micro_batch, rank, world,
+                                  start_step=run.position)
+            loader = DataLoader(dataset, batch_sampler=micro, collate_fn=collate_fn, num_workers=cfg.num_workers,
+                                pin_memory=device.type == "cuda",
+                                # worker seeds come from this generator, never from the global RNG we restore
+                                generator=torch.Generator().manual_seed(cfg.seed + run.epoch))
+            batches = iter(loader)
+            step_bar = tqdm(total=min(per_epoch, run.position + total - run.step), initial=run.position,
+                            desc=f"epoch {run.epoch}", disable=not show, leave=False, position=1)
+            while run.position < per_epoch and run.step < total and not run.stopped:
+                lr = lr_at(run.step, total, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                loss_value = _accumulate(runner, ddp, batches, accum, device, bf16, world)
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"loss is {loss_value} at optimizer step {run.step + 1} "
+                                             f"(epoch {run.epoch}); no update was applied")
+                metrics = {"loss": loss_value, "lr": lr}
+                # the global gradient norm, clipped to grad_clip (an infinite limit leaves the gradients as they are):
+                # a finite loss can still have an inf/nan gradient, and one such step turns every weight into nan
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf")))
+                if not math.isfinite(grad_norm):
+                    raise FloatingPointError(f"gradient norm is {grad_norm} at optimizer step {run.step + 1} "
+                                             f"(epoch {run.epoch}, loss {loss_value:.4g}); no update was applied")
+                if cfg.grad_clip is not None:
+                    metrics["grad_norm"] = grad_norm
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                run.step, run.position = run.step + 1, run.position + 1
+                record(metrics)
+                step_bar.update(1)
+                step_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
 
-    def save_last() -> None:
-        rng = rng_state()
-        rngs = [rng]
-        if world > 1:
-            rngs = [None] * world
-            dist.all_gather_object(rngs, rng)
-        if not env.main:
-            return
-        e, p = (epoch + 1, 0) if pos >= per_epoch else (epoch, pos)
-        state = {"format": CHECKPOINT_FORMAT, "step": step, "epoch": e, "position": p, "total_steps": total,
-                 "config": cfg.to_dict(), "optimizer": optimizer.state_dict(), "rng": rngs,
-                 "history": history, "best_value": best_value, "best_step": best_step,
-                 "final_metrics": final_metrics, "stopped": stopped, "world_size": world}
-        m = meta(step) | {"epoch": e, "position": p, "best_value": best_value, "best_step": best_step,
-                          "stopped": stopped}
-        write_checkpoint_dir(last_dir, params, m, state)
-
-    show = cfg.progress and env.main and sys.stderr.isatty()
-    model.train()
-    epoch_bar = tqdm(total=cfg.epochs, initial=epoch, desc="epochs", disable=not show, position=0)
-    while step < total and not stopped:
-        if pos >= per_epoch:
-            epoch, pos = epoch + 1, 0
+                if eval_fn is not None and ((cfg.eval_every and run.step % cfg.eval_every == 0) or run.step == total):
+                    run.final_metrics = _evaluate(model, eval_fn, device, bf16, env, best_metric)
+                    record(run.final_metrics)
+                    if best_metric is not None and improves(run.final_metrics[best_metric], run.best_value,
+                                                            best_goal):
+                        run.best_value, run.best_step = run.final_metrics[best_metric], run.step
+                        ckpt.save_best(run, best_metric, best_goal.value)
+                    run.stopped = should_stop is not None and bool(should_stop(run.step, run.final_metrics))
+                    if run.stopped:
+                        log.info("should_stop ended training at step %d/%d: %s", run.step, total, run.final_metrics)
+                if run.step % cfg.checkpoint_every == 0 or run.step == total or run.stopped:
+                    ckpt.save_last(run, optimizer)
+            step_bar.close()
+        if run.position >= per_epoch:
             epoch_bar.update(1)
-        micro = epoch_batches(n, epoch, cfg.seed, cfg.batch_size, cfg.micro_batch, rank, world, start_step=pos)
-        loader = DataLoader(dataset, batch_sampler=micro, collate_fn=collate_fn, num_workers=cfg.num_workers,
-                            pin_memory=device.type == "cuda",
-                            # worker seeds come from this generator, never from the global RNG we restore
-                            generator=torch.Generator().manual_seed(cfg.seed + epoch))
-        batches = iter(loader)
-        step_bar = tqdm(total=min(per_epoch, pos + total - step), initial=pos, desc=f"epoch {epoch}",
-                        disable=not show, leave=False, position=1)
-        while pos < per_epoch and step < total and not stopped:
-            lr = lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for k in range(accum):
-                batch = _to_device(next(batches), device)
-                sync = ddp is None or k == accum - 1  # all-reduce gradients once, on the last micro-step
-                with (contextlib.nullcontext() if sync else ddp.no_sync()):
-                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                        loss = runner(batch)
-                    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-                        raise TypeError(f"loss_fn must return a scalar tensor, got "
-                                        f"{getattr(loss, 'shape', type(loss))}")
-                    (loss.float() / accum).backward()
-                loss_sum += loss.detach().float()
-            if world > 1:
-                dist.all_reduce(loss_sum)
-            loss_value = loss_sum.item() / (accum * world)
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at optimizer step {step + 1} (epoch {epoch}); "
-                                         "no update was applied")
-            metrics = {"loss": loss_value, "lr": lr}
-            # the global gradient norm, clipped to grad_clip (an infinite limit leaves the gradients as they are): a
-            # finite loss can still have an inf/nan gradient, and one such step turns every weight into nan
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip or float("inf")))
-            if not math.isfinite(grad_norm):
-                raise FloatingPointError(f"gradient norm is {grad_norm} at optimizer step {step + 1} (epoch {epoch}, "
-                                         f"loss {loss_value:.4g}); no update was applied")
-            if cfg.grad_clip is not None:
-                metrics["grad_norm"] = grad_norm
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step, pos = step + 1, pos + 1
-            record(metrics)
-            step_bar.update(1)
-            step_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        epoch_bar.close()
+        barrier(env)
+        return TrainResult(step=run.step, total_steps=total, history=run.history,
+                           last_checkpoint=ckpt.last if ckpt.last.exists() else None,
+                           best_checkpoint=ckpt.best if run.best_step is not None and ckpt.best.exists() else None,
+                           best_value=run.best_value, best_step=run.best_step, resumed_from=resumed_from,
+                           stopped=run.stopped, final_metrics=run.final_metrics)
 
-            if eval_fn is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or step == total):
-                final_metrics = evaluate()
-                record(final_metrics)
-                if best_metric is not None and improved(final_metrics[best_metric]):
-                    best_value, best_step = final_metrics[best_metric], step
-                    if env.main:
-                        write_checkpoint_dir(best_dir, params, meta(step) | {
-                            "best_metric": best_metric, "best_goal": best_goal.value, "best_value": best_value})
-                stopped = should_stop is not None and bool(should_stop(step, final_metrics))
-                if stopped:
-                    log.info("should_stop ended training at step %d/%d: %s", step, total, final_metrics)
-            if step % cfg.checkpoint_every == 0 or step == total or stopped:
-                save_last()
-        step_bar.close()
-    if pos >= per_epoch:
-        epoch_bar.update(1)
-    epoch_bar.close()
+
+def schedule(cfg: TrainConfig, n_examples: int, world_size: int) -> tuple[int, int, int]:
+    """(optimizer steps per epoch, total steps, micro-steps per optimizer step on each of `world_size` ranks)."""
+    if cfg.batch_size % (cfg.micro_batch * world_size):
+        raise ValueError(f"TrainConfig.batch_size={cfg.batch_size} must be a multiple of micro_batch="
+                         f"{cfg.micro_batch} x world_size={world_size}")
+    per_epoch = steps_per_epoch(n_examples, cfg.batch_size)
+    if per_epoch == 0:
+        raise ValueError(f"the dataset has {n_examples} examples, fewer than one global batch of {cfg.batch_size}")
+    total = cfg.epochs * per_epoch if cfg.max_steps is None else min(cfg.epochs * per_epoch, cfg.max_steps)
+    return per_epoch, total, cfg.batch_size // (cfg.micro_batch * world_size)
+
+
+def improves(value: float, best: float | None, goal: Goal) -> bool:
+    """Whether `value` beats the best so far (anything beats none)."""
+    if best is None:
+        return True
+    return value > best if goal is Goal.MAX else value < best
+
+
+def _accumulate(runner: nn.Module, ddp, batches, accum: int, device: torch.device, bf16: bool, world: int) -> float:
+    """Forward and backward of `accum` micro-batches (gradients all-reduced once, on the last); the mean loss over
+    the global batch, averaged over ranks."""
+    loss_sum = torch.zeros((), device=device)
+    for k in range(accum):
+        batch = _to_device(next(batches), device)
+        sync = ddp is None or k == accum - 1  # all-reduce gradients once, on the last micro-step
+        with (contextlib.nullcontext() if sync else ddp.no_sync()):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = runner(batch)
+            if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                raise TypeError(f"loss_fn must return a scalar tensor, got {getattr(loss, 'shape', type(loss))}")
+            (loss.float() / accum).backward()
+        loss_sum += loss.detach().float()
     if world > 1:
-        dist.barrier()
-    return TrainResult(step=step, total_steps=total, history=history,
-                       last_checkpoint=last_dir if last_dir.exists() else None,
-                       best_checkpoint=best_dir if best_step is not None and best_dir.exists() else None,
-                       best_value=best_value, best_step=best_step, resumed_from=resumed_from,
-                       stopped=stopped, final_metrics=final_metrics)
+        dist.all_reduce(loss_sum)
+    return loss_sum.item() / (accum * world)
+
+
+def _evaluate(model: nn.Module, eval_fn, device: torch.device, bf16: bool, env: DistEnv,
+              best_metric: str | None) -> dict[str, float]:
+    """eval_fn on rank 0 (eval mode, no_grad, the RNGs saved and restored around it so evaluating never changes the
+    training trajectory), its metrics broadcast to every rank."""
+    metrics: dict[str, float] = {}
+    if env.main:
+        saved = rng_state()
+        model.eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            metrics = {k: float(v) for k, v in eval_fn(model).items()}
+        model.train()
+        set_rng_state(saved)
+        if best_metric is not None and best_metric not in metrics:
+            raise KeyError(f"eval_fn returned no {best_metric!r} (best_metric); it returned {sorted(metrics)}")
+    if env.world_size > 1:
+        box = [metrics]
+        dist.broadcast_object_list(box, src=0)
+        metrics = box[0]
+    return metrics

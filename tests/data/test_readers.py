@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from sevila.config import Benchmark
 from sevila.data.annotations import (
     AnnotationError,
-    Dataset,
     SourceFormat,
     check_video_id,
     count_missing_windows,
@@ -62,7 +62,7 @@ def test_every_real_file_loads_with_stated_counts(realdata, dataset, rel, fmt, n
 
 
 def test_nextqa_follows_sevila_conventions(realdata):
-    recs = read_annotations(Dataset.NEXTQA, realdata / "nextqa/val.csv", realdata / "nextqa/map_vid_vidorID.json")
+    recs = read_annotations(Benchmark.NEXTQA, realdata / "nextqa/val.csv", realdata / "nextqa/map_vid_vidorID.json")
     r = recs[0]
     assert r == QARecord(
         dataset="nextqa", qid="CH_4010069381_6", video="1106/4010069381",

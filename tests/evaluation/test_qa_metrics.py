@@ -6,9 +6,10 @@ import math
 import numpy as np
 import pytest
 
+from sevila.config import Benchmark
 from sevila.evaluation.qa_metrics import (
-    QADataset, accuracy, aggregate_keyframe_in_span, average_ranks, keyframe_in_span, mean_roc_auc, qa_metrics,
-    question_type, roc_auc,
+    accuracy, aggregate_keyframe_in_span, average_ranks, keyframe_in_span, mean_roc_auc, qa_metrics,
+    qa_benchmark, question_type, roc_auc,
 )
 
 # ---------------------------------------------------------------------------------------------- NExT-QA
@@ -85,7 +86,7 @@ def test_plain_accuracy_datasets_and_unlabelled():
 
 
 def test_dataset_parsing_and_errors():
-    assert QADataset.parse("Next_QA") is QADataset.NEXTQA
+    assert qa_benchmark("Next_QA") is Benchmark.NEXTQA
     assert question_type("star", "Feasibility_T6_1") == "Feasibility"
     assert question_type("vlep", "VLEP_1") is None
     with pytest.raises(ValueError, match="unknown QA dataset"):

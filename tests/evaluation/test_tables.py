@@ -69,8 +69,7 @@ RUNS = pd.DataFrame([
 EXPECTED_MD = """\
 # SeViLA ablation tables
 
-Built by `sevila report` from the latest FINISHED `evaluate` run of each variant. Metrics are percentages; – marks a
-value the run did not log.
+Built by `sevila report` from the latest FINISHED `evaluate` run of each variant. Metrics are percentages; – marks a value the run did not log.
 
 ## Dataset `star`
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from sevila import cli
-from sevila.data.annotations import Dataset, read_annotations
+from sevila.data.annotations import read_annotations
+from sevila.config import Benchmark
 from sevila.data.video import verify_video
 from sevila.data import REALDATA
 from sevila.experiments.rehearse import MARKER, REPO, check_out
@@ -65,11 +66,11 @@ def rehearse(tmp_path_factory):
     return run
 
 
-def official_file(dataset: Dataset, root: Path, record) -> Path:
+def official_file(dataset: Benchmark, root: Path, record) -> Path:
     """Where the benchmark's own loader looks for a record's video, written out here independently of the code under
     test: `<videos>/<video>.mp4` (NExT-QA's video already mapped to `<dir>/<id>`), VLEP TV clips less `_ep`."""
     video = record.video
-    if dataset is Dataset.VLEP and ":" not in video:
+    if dataset is Benchmark.VLEP and ":" not in video:
         assert video.endswith("_ep")
         video = video[:-3]
     return root / f"{video}.mp4"
@@ -78,7 +79,7 @@ def official_file(dataset: Dataset, root: Path, record) -> Path:
 @pytest.mark.parametrize("benchmark", BENCHMARKS)
 def test_miniature_is_the_official_form(rehearse, realdata, benchmark):
     out = rehearse(benchmark).out
-    dataset, spec = Dataset(benchmark), SPECS[Dataset(benchmark)]
+    dataset, spec = Benchmark(benchmark), SPECS[Benchmark(benchmark)]
     annotations, videos = out / benchmark / "annotations", out / benchmark / "videos"
     split_records = {}
     for split, name in spec.names.items():
@@ -98,7 +99,7 @@ def test_miniature_is_the_official_form(rehearse, realdata, benchmark):
     assert all(r.answer is not None for r in train + val)
     assert len({r.video for r in test}) == MAX_TEST_VIDEOS
     for split, rel in MOMENTS.items():
-        moments = read_annotations(Dataset.QVHIGHLIGHTS, out / "qvhighlights" / "annotations" / Path(rel).name)
+        moments = read_annotations(Benchmark.QVHIGHLIGHTS, out / "qvhighlights" / "annotations" / Path(rel).name)
         assert len({m.video for m in moments}) == MAX_MOMENT_VIDEOS[split]
         for m in moments:
             n, fps = verify_video(out / "qvhighlights" / "videos" / f"{m.video}.mp4")
@@ -141,7 +142,7 @@ def test_star_from_sevila_gives_back_the_raw_star_record(realdata, tmp_path):
     assert back == trimmed
     (tmp_path / "back.json").write_text(json.dumps([back]))
     (tmp_path / "raw.json").write_text(json.dumps([raw]))
-    assert read_annotations(Dataset.STAR, tmp_path / "back.json") == read_annotations(Dataset.STAR, tmp_path / "raw.json")
+    assert read_annotations(Benchmark.STAR, tmp_path / "back.json") == read_annotations(Benchmark.STAR, tmp_path / "raw.json")
     test = star_from_sevila(json.loads((realdata / "sevila_data" / "star" / "test.json").read_text())[0])
     assert "answer" not in test  # an unlabelled test question stays unlabelled
 
@@ -291,7 +292,7 @@ def test_rehearsal_runs_the_real_pipeline_end_to_end(rehearse, benchmark):
     assert f"report: {project / 'reports' / 'ablations.md'}" in r.printed
     assert "split rule: train + val = the labelled excerpt split by video" in r.printed
     check_report(r.ablations, r.markdown, benchmark,
-                 r.out / benchmark / "annotations" / SPECS[Dataset(benchmark)].names["val"])
+                 r.out / benchmark / "annotations" / SPECS[Benchmark(benchmark)].names["val"])
     runs = mlflow_runs(f"sqlite:///{project / 'mlflow.db'}")
     assert {f"sevila/{benchmark}/{phase}" for phase in PHASES} <= set(runs)
     assert all(name.split("/")[1] in BENCHMARKS for name in runs)  # every experiment is one benchmark's
@@ -379,7 +380,7 @@ def test_the_pipeline_runs_on_a_users_own_blip2_directory_and_videos(tmp_path, r
     for name in ("train.csv", "val.csv"):
         texts += [" ".join(row) for row in csv.reader(open(ann / name))]
     weights = own_blip2(tmp_path / "my-blip2", own_tokenizer(texts, tmp_path / "spm"))
-    files = BenchmarkFiles(Dataset.NEXTQA, {"train": ann / "train.csv", "val": ann / "val.csv"}, tmp_path / "videos",
+    files = BenchmarkFiles(Benchmark.NEXTQA, {"train": ann / "train.csv", "val": ann / "val.csv"}, tmp_path / "videos",
                            moments, tmp_path / "qvh_videos", ann / "map_vid_vidorID.json")
     project = tmp_path / "project"
     params = write_params(project, REPO / "params.yaml", overrides(files, weights, project))

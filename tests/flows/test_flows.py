@@ -102,13 +102,13 @@ def test_round_2_refines_round_1s_localizers(two_rounds, tiny_project):
 def test_round_2_pseudo_labels_come_from_round_1s_finetuned_answerer(two_rounds, tiny_project):
     """Recompute one clip's pseudo-labels with the round-1 fine-tuned Answerer: round 2's file holds exactly
     those margins, and they differ from round 1's (made by the zero-shot Answerer)."""
-    from sevila.stages.common import clip_features, load_model, read_split
+    from sevila.stages.common import split_clips, load_model, read_split
     from sevila.stages.pseudo_label import label_clip, label_file, read_labels
 
     cfg = load_config(tiny_project, ["round=2", "pseudo_label.answerer=finetuned"])
     model = load_model(cfg, answerer=AnswererId.FINETUNED, round_=1)
     records = [r for r in read_split(cfg, "train") if r.answer is not None]
-    clip = next(iter(clip_features(cfg, model, records)))
+    clip = next(iter(split_clips(cfg, model, records)))
     expected = label_clip(model, clip.features, clip.records)
     round1, round2 = read_labels(label_file(cfg, 1)), read_labels(label_file(cfg, 2))
     assert all(row["round"] == 2 for row in round2.values()) and set(round1) == set(round2)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sevila.model import chain
 from sevila.model import prompts
 from sevila.cli import main as cli_main
 from sevila.model.modeling import SeViLA, build_sevila, parameter_counts
@@ -301,7 +302,7 @@ def test_a_frame_in_k_slots_is_the_answerer_on_that_frame_repeated(tiny_model, b
         shared[:, [1, 1, 1]].contiguous(), qa, n_opt).option_logits, atol=ATOL)
     assert not torch.allclose(in3.option_logits, tiny_model.answer_each_frame(feats, qa, n_opt).option_logits,
                               atol=ATOL)  # 3 slots is another input than the official one-frame one
-    res = tiny_model.answer(feats, qa, n_opt, selector="oracle", fusion="vote", n_keyframes=4, gold=[0, 1, 0],
+    res = chain.answer(tiny_model, feats, qa, n_opt, selector="oracle", fusion="vote", n_keyframes=4, gold=[0, 1, 0],
                             frame_slots=3)
     assert torch.equal(res.per_frame_logits, in3.option_logits)
     assert res.correct.tolist() == [bool((in3.pred[b] == g).any()) for b, g in enumerate([0, 1, 0])]
@@ -320,7 +321,7 @@ def test_answer_modes_match_manual_recomputation(tiny_model, batch):
     m = tiny_model
 
     # SeViLA: Localizer keyframes (temporal order) -> Answerer
-    res = m.answer(feats, qa, n_opt, selector=Selector.LOCALIZER, fusion=Fusion.CONCAT, n_keyframes=3,
+    res = chain.answer(m, feats, qa, n_opt, selector=Selector.LOCALIZER, fusion=Fusion.CONCAT, n_keyframes=3,
                    loc_prompts=loc)
     scores = m.localize(feats, loc).scores
     expect = [sorted(sorted(range(6), key=lambda t: -float(scores[b, t]))[:3]) for b in range(3)]
@@ -331,12 +332,12 @@ def test_answer_modes_match_manual_recomputation(tiny_model, batch):
     assert torch.equal(res.pred, manual.pred)
 
     # BLIP-2 concat: evenly spaced frames -> Answerer
-    res = m.answer(feats, qa, n_opt, selector="uniform", fusion="concat", n_keyframes=2)
+    res = chain.answer(m, feats, qa, n_opt, selector="uniform", fusion="concat", n_keyframes=2)
     assert res.frames.tolist() == [uniform_keyframes(6, 2)] * 3 == [[1, 4]] * 3
     assert torch.allclose(res.option_logits, m.answer_frames(feats[:, [1, 4]], qa, n_opt).option_logits, atol=ATOL)
 
     # BLIP-2 voting: every frame alone, majority vote
-    res = m.answer(feats, qa, n_opt, selector=Selector.ALL, fusion=Fusion.VOTE, n_keyframes=6)
+    res = chain.answer(m, feats, qa, n_opt, selector=Selector.ALL, fusion=Fusion.VOTE, n_keyframes=6)
     per = m.answer_each_frame(feats, qa, n_opt)
     assert torch.allclose(res.per_frame_logits, per.option_logits, atol=ATOL)
     assert torch.equal(res.pred, vote(per.option_logits))
@@ -345,7 +346,7 @@ def test_answer_modes_match_manual_recomputation(tiny_model, batch):
     per_pred = per.pred  # [3, 6]
     unused = [[o for o in range(n_opt[b]) if o not in per_pred[b].tolist()] for b in range(3)]
     gold = [int(per_pred[0, 2])] + [unused[b][0] if unused[b] else 0 for b in (1, 2)]  # no frame gives -> wrong
-    res = m.answer(feats, qa, n_opt, selector=Selector.ORACLE, fusion=Fusion.VOTE, n_keyframes=6, gold=gold)
+    res = chain.answer(m, feats, qa, n_opt, selector=Selector.ORACLE, fusion=Fusion.VOTE, n_keyframes=6, gold=gold)
     expected = [bool((per_pred[b] == gold[b]).any()) for b in range(3)]
     assert res.correct.tolist() == expected and expected[0]
     assert [int(p) for p in res.pred[torch.tensor(expected)]] == [g for g, e in zip(gold, expected) if e]
@@ -364,11 +365,11 @@ def test_forced_per_frame_logits_give_hand_worked_results(tiny_model, batch, mon
         return hand.reshape(12, 5).clone()
 
     monkeypatch.setattr(tiny_model, "option_logits", forced)
-    res = tiny_model.answer(feats, qa, n_opt, selector="all", fusion="vote", n_keyframes=4, gold=[0, 1, 1])
+    res = chain.answer(tiny_model, feats, qa, n_opt, selector="all", fusion="vote", n_keyframes=4, gold=[0, 1, 1])
     # q0: C has 2 votes -> C; q1: B, D tie 2-2, sums B = 2+0+3+0 = 5 < D = 0+7+0+1 = 8 -> D; q2: A (3 votes)
     assert res.pred.tolist() == [2, 3, 0]
     assert res.correct.tolist() == [False, False, False]
-    res = tiny_model.answer(feats, qa, n_opt, selector="oracle", fusion="vote", n_keyframes=4, gold=[0, 1, 2])
+    res = chain.answer(tiny_model, feats, qa, n_opt, selector="oracle", fusion="vote", n_keyframes=4, gold=[0, 1, 2])
     # q0: frame 0 says A -> right; q1: frames 0, 2 say B -> right; q2: no frame says C -> wrong (keeps the vote)
     assert res.correct.tolist() == [True, True, False]
     assert res.pred.tolist() == [0, 1, 0]
@@ -397,23 +398,23 @@ def test_forced_localizer_logits_pick_hand_worked_keyframes(tiny_model, batch, m
 def test_answer_refuses_ill_posed_modes(tiny_model, batch):
     feats, qa, loc, n_opt = batch["features"], batch["qa"], batch["loc"], batch["n_options"]
     with pytest.raises(ValueError, match="fusion=vote"):
-        tiny_model.answer(feats, qa, n_opt, selector="oracle", fusion="concat", n_keyframes=2, gold=[0, 0, 0])
+        chain.answer(tiny_model, feats, qa, n_opt, selector="oracle", fusion="concat", n_keyframes=2, gold=[0, 0, 0])
     with pytest.raises(ValueError, match="gold"):
-        tiny_model.answer(feats, qa, n_opt, selector="oracle", fusion="vote", n_keyframes=2)
+        chain.answer(tiny_model, feats, qa, n_opt, selector="oracle", fusion="vote", n_keyframes=2)
     with pytest.raises(ValueError, match="frame_slots=4 is for frames read alone"):
-        tiny_model.answer(feats, qa, n_opt, selector="uniform", fusion="concat", n_keyframes=2, frame_slots=4)
+        chain.answer(tiny_model, feats, qa, n_opt, selector="uniform", fusion="concat", n_keyframes=2, frame_slots=4)
     with pytest.raises(ValueError, match="loc_prompts"):
-        tiny_model.answer(feats, qa, n_opt, selector="localizer", fusion="concat", n_keyframes=2)
+        chain.answer(tiny_model, feats, qa, n_opt, selector="localizer", fusion="concat", n_keyframes=2)
     with pytest.raises(ValueError, match="n_options out of 1..5"):
-        tiny_model.answer(feats, qa, [5, 6, 2], selector="all", fusion="vote", n_keyframes=2)
+        chain.answer(tiny_model, feats, qa, [5, 6, 2], selector="all", fusion="vote", n_keyframes=2)
     with pytest.raises(ValueError, match="cannot pick 7 keyframes"):
-        tiny_model.answer(feats, qa, n_opt, selector="uniform", fusion="concat", n_keyframes=7)
+        chain.answer(tiny_model, feats, qa, n_opt, selector="uniform", fusion="concat", n_keyframes=7)
     with pytest.raises(ValueError, match="features must be"):
-        tiny_model.answer(feats[:, :, :5], qa, n_opt, selector="all", fusion="vote", n_keyframes=2)
+        chain.answer(tiny_model, feats[:, :, :5], qa, n_opt, selector="all", fusion="vote", n_keyframes=2)
     with pytest.raises(ValueError, match="batch of 3"):
-        tiny_model.answer(feats, qa[:2], n_opt, selector="all", fusion="vote", n_keyframes=2)
+        chain.answer(tiny_model, feats, qa[:2], n_opt, selector="all", fusion="vote", n_keyframes=2)
     with pytest.raises(ValueError):
-        tiny_model.answer(feats, qa, n_opt, selector="localizer_uniform", fusion="vote", n_keyframes=2)
+        chain.answer(tiny_model, feats, qa, n_opt, selector="localizer_uniform", fusion="vote", n_keyframes=2)
 
 
 def test_text_side_needs_a_fitting_tokenizer(tiny_tokenizer, batch):
@@ -434,7 +435,7 @@ def test_truncated_prompts_are_counted(tiny_tokenizer, model_factory, batch):
     lengths = [len(tiny_tokenizer(t).input_ids) for t in batch["qa"]]
     limit = sorted(lengths)[1]  # the longest prompt is cut, the others fit
     model = model_factory(max_text_len=limit)
-    res = model.answer(batch["features"], batch["qa"], batch["n_options"], selector="uniform", fusion="concat",
+    res = chain.answer(model, batch["features"], batch["qa"], batch["n_options"], selector="uniform", fusion="concat",
                        n_keyframes=2)
     assert res.qa_truncated.tolist() == [n > limit for n in lengths] and int(res.qa_truncated.sum()) == 1
     inputs = model.answerer_inputs(batch["features"][:, :2], batch["qa"])
@@ -502,7 +503,7 @@ def test_pseudo_labels_are_per_frame_correctness(tiny_model, batch):
     feats, qa, n_opt = batch["features"][:, :4], batch["qa"], batch["n_options"]
     per = tiny_model.answer_each_frame(feats, qa, n_opt).pred
     gold = [int(per[0, 0]), int(per[1, 3]), 1]
-    labels = tiny_model.pseudo_labels(feats, qa, n_opt, gold)
+    labels = chain.pseudo_labels(tiny_model, feats, qa, n_opt, gold)
     assert labels.tolist() == [[int(p) == g for p in per[b]] for b, g in enumerate(gold)]
     assert labels[0, 0] and labels[1, 3]
 

@@ -14,7 +14,7 @@ import torch
 
 from sevila import cli, tracking
 from sevila.weights.ours import read_header
-from sevila.stages.common import clip_features, fit_module, load_model, read_split
+from sevila.stages.common import split_clips, fit_module, load_model, read_split
 from sevila.weights.checkpoint_dir import load_weights
 from sevila.weights.ours import load_sevila
 from sevila.config import load_config
@@ -135,7 +135,7 @@ def test_finetune_answerer_on_uniform_frames_makes_the_baselines_answerer(chain)
 def test_fit_module_keeps_the_epoch_with_the_best_val_metric(chain, tmp_path):
     cfg = dataclasses.replace(chain.cfg, paths=dataclasses.replace(chain.cfg.paths, runs=str(tmp_path / "runs")))
     model = load_model(cfg)
-    items = answerer_items(model, clip_features(cfg, model, read_split(cfg, "train")), FrameSelection.UNIFORM, 2, 0)
+    items = answerer_items(model, split_clips(cfg, model, read_split(cfg, "train")), FrameSelection.UNIFORM, 2, 0)
     settings = TrainConfig(lr=1e-2, epochs=3, batch_size=len(items), micro_batch=len(items), checkpoint_every=1)
     val = iter([50.0, 90.0, 10.0])  # epoch 2 is the best
     out = fit_module(cfg, model, "answerer", items, answerer_loss, "t", settings, tmp_path / "ans",

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from sevila.stages.common import clip_features, read_split
+from sevila.stages.common import split_clips, read_split
 from sevila.config import load_config
 from sevila.data.annotations import AnnotationError, read_annotations
 from sevila.data.benchmarks import SKIPPED_FILE, VIDEOS_FILE, MissingVideo
@@ -300,7 +300,7 @@ def test_official_layout_copies_stay_independent_of_the_pipeline(tmp_path, reald
 
 
 def test_the_chain_reads_each_records_videos_from_their_benchmarks_folder(tmp_path, realdata, template_mp4):
-    """chain.clip_features on prepared STAR questions and QVHighlights moments: each clip decoded from its own
+    """sevila.stages.common.split_clips on prepared STAR questions and QVHighlights moments: each clip decoded from its own
     benchmark's folder (STAR's window kept), never from the synthetic world's."""
     cfg = benchmark_project(tmp_path, realdata, "star", template_mp4,
                             **{"frames.cache": str(tmp_path / "features"), "frames.n_frames": 4,
@@ -309,15 +309,15 @@ def test_the_chain_reads_each_records_videos_from_their_benchmarks_folder(tmp_pa
     tok = build_tiny_tokenizer(["a video question"], tmp_path / "tok", vocab_size=64)
     torch.manual_seed(0)
     model = SeViLA(sevila_tiny(len(tok)), tok).eval()
-    clips = list(clip_features(cfg, model, read_split(cfg, "val")))
+    clips = list(split_clips(cfg, model, read_split(cfg, "val")))
     assert [(c.clip.video, c.clip.start, c.clip.end) for c in clips] == [("6H78U", 11.1, 19.6)]
     # 10 s at 2 fps: the window [11.1, 19.6] lies past the end, so the whole video is sampled and that is said
     assert clips[0].meta.window_fallback and clips[0].features.shape[0] == 4
-    moments = list(clip_features(cfg, model, read_split(cfg, "train", moments=True)))
+    moments = list(split_clips(cfg, model, read_split(cfg, "train", moments=True)))
     assert len(moments) == 30 and not any(c.meta.window_fallback for c in moments)
     (tmp_path / "qvh" / "j7rJstUseKg_360.0_510.0.mp4").unlink()  # gone after prepare: frames.bad_video applies
     skipped = SkipLog()
-    assert len(list(clip_features(cfg, model, read_split(cfg, "train", moments=True), skip_log=skipped))) == 29
+    assert len(list(split_clips(cfg, model, read_split(cfg, "train", moments=True), skip_log=skipped))) == 29
     assert [e["video"] for e in skipped.entries] == ["j7rJstUseKg_360.0_510.0"]
 
 

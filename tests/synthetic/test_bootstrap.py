@@ -28,7 +28,7 @@ from sevila.synthetic.bootstrap import (
     world_model_config, yes_no_accuracy, _metas_by_video, _world_tokenizer_texts,
 )
 from sevila.synthetic.bootstrap_examples import (
-    EMPTY_SLOTS, IMAGE_META_OFFSET, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET, Context, Gate, Phase, PhaseData,
+    EMPTY_SLOTS, IMAGE_META_OFFSET, MATCH_WORDS, SLOT_WORDS, TEXT_META_OFFSET, Context, Gate, CurriculumPhase, PhaseData,
     Pools, Task, TaskSpec, caption_images, concat_tables, event_frame_pool, event_rows, event_slots,
     frame_match_example, frame_qa_example, frame_qa_pool, frames_text, ground_examples, load_frame_table,
     localize_example, match_example, outside_slots, shows_event, slot_text, slot_words, subset_options, text_metas,
@@ -482,7 +482,7 @@ def test_phase_data_is_deterministic_follows_the_mix_and_asks_the_localizer_only
         with pytest.raises(IndexError):
             data[40]
 
-    ground_only = PhaseData(Phase("see", 400, (TaskSpec(Task.GROUND),)), 400, 0, pools)
+    ground_only = PhaseData(CurriculumPhase("see", 400, (TaskSpec(Task.GROUND),)), 400, 0, pools)
     drawn = [ground_only[i] for i in range(400)]
     assert all(e in pools.ground for e in drawn)
     share = sum(shows_event(e) for e in drawn) / 400
@@ -490,9 +490,9 @@ def test_phase_data_is_deterministic_follows_the_mix_and_asks_the_localizer_only
     assert 0.35 < share < 0.65 and abs(share - expected) < 0.08  # drawn in proportion it would be 0.125
 
     with pytest.raises(ValueError, match="frame_qa has no examples"):
-        PhaseData(Phase("x", 1, (TaskSpec(Task.FRAME_QA),)), 4, 0, dataclasses.replace(pools, frame_qa=[]))
+        PhaseData(CurriculumPhase("x", 1, (TaskSpec(Task.FRAME_QA),)), 4, 0, dataclasses.replace(pools, frame_qa=[]))
     with pytest.raises(ValueError, match="yes_no has no examples"):
-        PhaseData(Phase("x", 1, (TaskSpec(Task.YES_NO),)), 4, 0, dataclasses.replace(pools, text=[]))
+        PhaseData(CurriculumPhase("x", 1, (TaskSpec(Task.YES_NO),)), 4, 0, dataclasses.replace(pools, text=[]))
 
 
 def test_curriculum_starts_with_two_word_matching_and_adds_frames_last(world, metas):
@@ -834,7 +834,7 @@ def test_gate_verdict_without_a_stall_rule_never_stalls():
 
 
 def test_phase_verdict_reads_a_stop_below_the_gate_as_a_stall():
-    phase = Phase("questions", 10, (TaskSpec(Task.TEXT_QA),), Gate("text_acc", 0.85, stall_steps=5))
+    phase = CurriculumPhase("questions", 10, (TaskSpec(Task.TEXT_QA),), Gate("text_acc", 0.85, stall_steps=5))
     assert phase_verdict(phase, True, {"text_acc": 0.9}) is Verdict.OPEN
     assert phase_verdict(phase, True, {"text_acc": 0.2}) is Verdict.STALLED  # also a resumed, already stopped attempt
     assert phase_verdict(phase, False, {"text_acc": 0.2}) is Verdict.MISSED

@@ -32,7 +32,7 @@ from typing import Callable
 
 from sevila.config import load_config
 from sevila.data import REALDATA_ENV, realdata_dir
-from sevila.data.annotations import Dataset
+from sevila.config import Benchmark
 from sevila.errors import BadArgument
 from sevila.atomic import atomic_write_json
 from sevila.experiments.rehearse.miniature import QA_BENCHMARKS, SPECS, lay_out
@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[3]  # sevila/experiments/rehearse/__init
 DEFAULT_OUT = Path("rehearsals")  # <benchmark>/ below it, in the working directory
 
 
-def official_files(dataset: Dataset, annotations: Path) -> dict[str, Path | None]:
+def official_files(dataset: Benchmark, annotations: Path) -> dict[str, Path | None]:
     """A user's own official files of `dataset` in `annotations`, under their official names: the labelled split
     the miniature splits into train/val (the official val file), the test file, NExT-QA's video map. A missing
     labelled file is an error naming the path; a missing test file falls back to the excerpt."""
@@ -82,10 +82,10 @@ def check_out(out: Path) -> None:
         raise BadArgument(f"--out {out}: not empty and not a rehearsal's folder (no {MARKER}); give a new folder")
 
 
-def check_inputs(benchmark: str, out: Path, source: Path, given: dict[str, Path | None], template: Path) -> Dataset:
+def check_inputs(benchmark: str, out: Path, source: Path, given: dict[str, Path | None], template: Path) -> Benchmark:
     """Every argument checked before anything is written."""
     try:
-        dataset = Dataset(benchmark)
+        dataset = Benchmark(benchmark)
     except ValueError:
         dataset = None
     if dataset not in QA_BENCHMARKS:
@@ -94,7 +94,7 @@ def check_inputs(benchmark: str, out: Path, source: Path, given: dict[str, Path 
     for option, path in given.items():
         if path is not None and not path.is_file():
             raise BadArgument(f"--{option} {path}: no such file")
-    if given.get("video-map") is not None and dataset is not Dataset.NEXTQA:
+    if given.get("video-map") is not None and dataset is not Benchmark.NEXTQA:
         raise BadArgument(f"--video-map applies to nextqa only, not {benchmark}")
     if not source.is_dir():
         raise BadArgument(f"--source {source}: the real annotation excerpts are not there (unset {REALDATA_ENV} "
@@ -117,7 +117,7 @@ def rehearse(benchmark: str, out: Path | None = None, *, source: Path | None = N
     out = Path(out) if out is not None else DEFAULT_OUT / benchmark
     source, template = Path(source or realdata_dir()), Path(template or REPO / "params.yaml")
     if annotations is not None and benchmark in {d.value for d in QA_BENCHMARKS}:
-        own = official_files(Dataset(benchmark), Path(annotations))
+        own = official_files(Benchmark(benchmark), Path(annotations))
         labelled, test, video_map = labelled or own["labelled"], test or own["test"], video_map or own["video-map"]
     dataset = check_inputs(benchmark, out, source, {"labelled": labelled, "test": test, "video-map": video_map},
                            template)
@@ -177,7 +177,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the package, sevila/data/realdata)")
     p.add_argument("--labelled", type=Path, default=None,
                    help="an official labelled annotation file of the benchmark to split into train/val "
-                        f"(default: the excerpt, e.g. {SPECS[Dataset.NEXTQA].labelled.path})")
+                        f"(default: the excerpt, e.g. {SPECS[Benchmark.NEXTQA].labelled.path})")
     p.add_argument("--test", type=Path, default=None, help="an official test annotation file (default: the excerpt)")
     p.add_argument("--video-map", type=Path, default=None, help="nextqa: the map_vid_vidorID.json of --labelled")
     p.add_argument("--params", type=Path, default=None, help="the params.yaml to start from (default: the repo's)")

@@ -39,7 +39,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sevila.data.annotations import Dataset, SourceFormat, iter_json_records, read_annotations
+from sevila.data.annotations import SourceFormat, iter_json_records, read_annotations
+from sevila.config import Benchmark
 from sevila.data.nextqa import MAP_NAME, load_video_map
 from sevila.data.records import AnnotationError, MomentRecord, QARecord, Record
 from sevila.synthetic.render import write_mp4
@@ -84,7 +85,7 @@ class Excerpt:
 class Spec:
     """Where a benchmark's excerpts are and the official names its miniature's files take."""
 
-    dataset: Dataset
+    dataset: Benchmark
     labelled: Excerpt  # excerpt with answers -> train + val
     test: Excerpt | None  # the test excerpt -> test
     names: dict[str, str]  # split -> official file name in the miniature
@@ -92,27 +93,27 @@ class Spec:
 
 
 _STAR = {"fmt": SourceFormat.SEVILA_JSON, "rebuild": star_from_sevila}
-SPECS: dict[Dataset, Spec] = {
-    Dataset.NEXTQA: Spec(Dataset.NEXTQA, Excerpt("nextqa/val.csv"), Excerpt("nextqa/test.csv"),
+SPECS: dict[Benchmark, Spec] = {
+    Benchmark.NEXTQA: Spec(Benchmark.NEXTQA, Excerpt("nextqa/val.csv"), Excerpt("nextqa/test.csv"),
                          {"train": "train.csv", "val": "val.csv", "test": "test.csv"},
                          video_map=f"nextqa/{MAP_NAME}"),
-    Dataset.STAR: Spec(Dataset.STAR, Excerpt("sevila_data/star/val.json", **_STAR),
+    Benchmark.STAR: Spec(Benchmark.STAR, Excerpt("sevila_data/star/val.json", **_STAR),
                        Excerpt("sevila_data/star/test.json", **_STAR),
                        {"train": "STAR_train.json", "val": "STAR_val.json", "test": "STAR_test.json"}),
-    Dataset.HOW2QA: Spec(Dataset.HOW2QA, Excerpt("how2qa/how2QA_val_release.csv"),
+    Benchmark.HOW2QA: Spec(Benchmark.HOW2QA, Excerpt("how2qa/how2QA_val_release.csv"),
                          Excerpt("how2qa/how2QA_test_public_release.csv"),
                          {"train": "how2QA_train_release.csv", "val": "how2QA_val_release.csv",
                           "test": "how2QA_test_public_release.csv"}),
-    Dataset.TVQA: Spec(Dataset.TVQA, Excerpt("tvqa/tvqa_plus_val.json"), Excerpt("tvqa/tvqa_test_public.jsonl"),
+    Benchmark.TVQA: Spec(Benchmark.TVQA, Excerpt("tvqa/tvqa_plus_val.json"), Excerpt("tvqa/tvqa_test_public.jsonl"),
                        {"train": "tvqa_plus_train.json", "val": "tvqa_plus_val.json",
                         "test": "tvqa_test_public.jsonl"}),
-    Dataset.VLEP: Spec(Dataset.VLEP, Excerpt("vlep/vlep_dev_release.jsonl"), Excerpt("vlep/vlep_test_release.jsonl"),
+    Benchmark.VLEP: Spec(Benchmark.VLEP, Excerpt("vlep/vlep_dev_release.jsonl"), Excerpt("vlep/vlep_test_release.jsonl"),
                        {"train": "vlep_train_release.jsonl", "val": "vlep_dev_release.jsonl",
                         "test": "vlep_test_release.jsonl"}),
 }
 MOMENTS = {"train": "qvhighlights/highlight_train_release.jsonl", "val": "qvhighlights/highlight_val_release.jsonl",
            "test": "qvhighlights/highlight_test_release.jsonl"}
-QA_BENCHMARKS: tuple[Dataset, ...] = tuple(SPECS)
+QA_BENCHMARKS: tuple[Benchmark, ...] = tuple(SPECS)
 
 
 # ------------------------------------------------------------------------------------------ annotation units
@@ -140,7 +141,7 @@ class AnnotationFile:
         return atomic_write_text(path, (self.header or "") + "".join(self.units[i] for i in keep))
 
 
-def read_units(dataset: Dataset, path: Path, fmt: SourceFormat = SourceFormat.OFFICIAL,
+def read_units(dataset: Benchmark, path: Path, fmt: SourceFormat = SourceFormat.OFFICIAL,
                video_map: Path | None = None) -> AnnotationFile:
     """Read `path` through the real reader and split its text into the units those records came from."""
     records = tuple(read_annotations(dataset, path, video_map=video_map, fmt=fmt))
@@ -148,7 +149,7 @@ def read_units(dataset: Dataset, path: Path, fmt: SourceFormat = SourceFormat.OF
     header = None
     if path.suffix.lower() == ".csv":
         lines = [line for line in text.splitlines(keepends=True) if line.strip()]
-        if dataset is Dataset.NEXTQA:
+        if dataset is Benchmark.NEXTQA:
             header, lines = lines[0], lines[1:]
         units: list = [line if line.endswith("\n") else line + "\n" for line in lines]
         for i, line in enumerate(units):  # a row must be one line: a quoted field with a line break would split it
@@ -195,16 +196,16 @@ def clip_frames(video_id: str, n_frames: int, size: int = SIZE) -> np.ndarray:
     return np.broadcast_to(row[:, None], (n_frames, size, size, 3)).round().astype(np.uint8)
 
 
-def video_file(dataset: Dataset, video: str) -> str:
+def video_file(dataset: Benchmark, video: str) -> str:
     """The file (relative to the video folder, no extension) of an annotation's video id in the official layout:
     the id itself, but VLEP's TV clips are stored without the `_ep` their `vid_name` ends in (SeViLA's loader,
     `mc_video_vqa_datasets.py`: a `vid_name` with no `:` is a TV clip, read as `vid_name[:-3]`)."""
-    if dataset is Dataset.VLEP and ":" not in video and video.endswith("_ep"):
+    if dataset is Benchmark.VLEP and ":" not in video and video.endswith("_ep"):
         return video[:-3]
     return video
 
 
-def seconds_needed(dataset: Dataset, records: Sequence[Record]) -> dict[str, float]:
+def seconds_needed(dataset: Benchmark, records: Sequence[Record]) -> dict[str, float]:
     """Per video file, how long it must be to hold every annotation that names it."""
     need: dict[str, float] = {}
     for r in records:
@@ -245,7 +246,7 @@ class SplitFile:
 class Miniature:
     """What was laid out: the benchmark's annotation files and video folder, QVHighlights' likewise."""
 
-    dataset: Dataset
+    dataset: Benchmark
     annotations: dict[str, SplitFile]
     videos: Path
     video_map: Path | None
@@ -271,18 +272,18 @@ def _split_file(split: str, path: Path, source: Path, records: Sequence[Record])
     return SplitFile(split, path, source, len(records), len(videos_in_order(records)), labelled)
 
 
-def lay_out(dataset: Dataset | str, out: Path, source: Path, labelled: Path | None = None,
+def lay_out(dataset: Benchmark | str, out: Path, source: Path, labelled: Path | None = None,
             test: Path | None = None, video_map: Path | None = None) -> Miniature:
     """Write the miniature of `dataset` under `out/<dataset>/` and QVHighlights' under `out/qvhighlights/`:
     `annotations/` (official file names), `videos/` (official layout). `source` is the excerpts root;
     `labelled`/`test`/`video_map` replace its files with any official file of that benchmark (copied as is)."""
-    spec = SPECS[Dataset(dataset)]
+    spec = SPECS[Benchmark(dataset)]
     lab_src = Excerpt(str(labelled)) if labelled is not None else dataclasses.replace(
         spec.labelled, path=str(source / spec.labelled.path))
     test_src = Excerpt(str(test)) if test is not None else (
         dataclasses.replace(spec.test, path=str(source / spec.test.path)) if spec.test else None)
     vmap_src = video_map or (source / spec.video_map if spec.video_map else None)
-    bench, qvh = out / spec.dataset.value, out / Dataset.QVHIGHLIGHTS.value
+    bench, qvh = out / spec.dataset.value, out / Benchmark.QVHIGHLIGHTS.value
     ann = bench / "annotations"
     vmap = ann / MAP_NAME if vmap_src else None
     lab = read_units(spec.dataset, Path(lab_src.path), lab_src.fmt, vmap_src)
@@ -304,13 +305,13 @@ def lay_out(dataset: Dataset | str, out: Path, source: Path, labelled: Path | No
         atomic_write_json(vmap, {k: v for k, v in load_video_map(vmap_src).items() if k in wanted}, indent=None)
     moments, moment_records = {}, []
     for split, rel in MOMENTS.items():
-        src = read_units(Dataset.QVHIGHLIGHTS, source / rel)
+        src = read_units(Benchmark.QVHIGHLIGHTS, source / rel)
         keep = first_videos(src.records, MAX_MOMENT_VIDEOS[split])
         recs = [src.records[i] for i in keep]
         moments[split] = _split_file(split, src.write(qvh / "annotations" / Path(rel).name, keep), src.path, recs)
         moment_records += recs
     n = len(write_videos(bench / "videos", seconds_needed(spec.dataset, records)))
-    n += len(write_videos(qvh / "videos", seconds_needed(Dataset.QVHIGHLIGHTS, moment_records), MOMENT_FPS))
+    n += len(write_videos(qvh / "videos", seconds_needed(Benchmark.QVHIGHLIGHTS, moment_records), MOMENT_FPS))
     texts = [t for r in records for t in (r.question or "", *r.options)] + [m.query for m in moment_records]
     notes = tuple(f"{e.path} is SeViLA's converted form: written back in the official raw form "
                   f"({e.rebuild.__name__})" for _, e, _, _ in parts if e.rebuild is not None)

@@ -15,7 +15,7 @@ from typing import Callable, Mapping
 import yaml
 
 from sevila.config import apply_override, load_config, read_yaml
-from sevila.data.annotations import Dataset
+from sevila.config import Benchmark
 from sevila.atomic import atomic_write_text
 from sevila.stages import pipeline, run_stage
 
@@ -45,7 +45,7 @@ REPORT_FILES = ("ablations.json", "ablations.md")
 class BenchmarkFiles:
     """A QA benchmark's official files and QVHighlights' (what a user downloads), wherever they are."""
 
-    dataset: Dataset
+    dataset: Benchmark
     annotations: Mapping[str, Path]  # split -> official annotation file
     videos: Path  # the folder in the official layout
     moments: Mapping[str, Path]  # QVHighlights split -> highlight_<split>_release.jsonl
