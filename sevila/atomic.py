@@ -1,4 +1,8 @@
-"""Atomic file writes: a crash never leaves a half-written output behind (write to a temp file, then rename)."""
+"""Atomic file writes: a crash never leaves a half-written output behind (write to a temp file, then rename).
+
+The temp file and folder that `tempfile` makes are private (0600 / 0700, whatever the umask); what is published
+gets the mode an ordinary `open()` / `mkdir()` would give it under the process's umask (`shared_mode`), so a
+team's shared data and model folders stay readable to the team (issue 24)."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +11,22 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status; elsewhere set and restore)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def shared_mode(directory: bool = False) -> int:
+    """The mode `open()` (0666) or `mkdir()` (0777) gives a new file or folder under the current umask."""
+    return (0o777 if directory else 0o666) & ~current_umask()
 
 
 @contextlib.contextmanager
@@ -19,6 +39,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.exists():  # the caller may have replaced it; mkstemp's 0600 is for the temp file only
+            os.chmod(tmp_path, shared_mode())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -69,7 +70,11 @@ class ModelConfig:
 
     weights: str = "models/backbone"
     backbone: str | None = None
-    device: str = "auto"  # auto: cuda when available, else cpu
+    device: str = "auto"  # auto: cuda when available, else cpu; or cpu, cuda, cuda:N, mps
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(self.device)):
+            raise InvalidSetting("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,12 @@ class EvaluateConfig:
     split: str = "test"
     variants: dict[str, VariantConfig] = field(default_factory=dict)
     only: tuple[str, ...] = ()  # evaluate just these variants (DVC's foreach runs one per stage)
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.only if v not in self.variants]
+        if unknown:
+            raise InvalidSetting("only", list(self.only), f"names unknown variants {unknown}; "
+                                                          f"known: {sorted(self.variants)}")
 
 
 # ---- the real benchmarks (`datasets:`): where each one's official files are, and the paper's settings for it

@@ -70,7 +70,7 @@ def convert(
     """Read `input` (a `source`-format file of `dataset`) and write it to `out` in the `target` format."""
     dataset, source, target = Benchmark(dataset), SourceFormat(source), TargetFormat(target)
     input = Path(input)
-    out = output_path(input, Path(out), target, read=[p for p in (input, video_map) if p is not None])
+    out = output_path(input, out, target, read=[p for p in (input, video_map) if p is not None])
     records = read_annotations(dataset, input, video_map=video_map, fmt=source)
     if target is TargetFormat.SEVILA_JSON:
         write_sevila_json(out, records, dataset)
@@ -88,10 +88,15 @@ def convert(
     )
 
 
-def output_path(input: Path, out: Path, target: TargetFormat, read: list[str | Path]) -> Path:
-    """The file to write: `out`, or `<out>/<input stem><suffix>` when `out` is a directory. Refuses a file that
-    is also read (`read`): compared by device and inode, so another spelling, a symlink or a hard link of the
-    input is caught as well as the same string."""
+def output_path(input: Path, out: str | Path, target: TargetFormat, read: list[str | Path]) -> Path:
+    """The file to write: `out`, or `<out>/<input stem><suffix>` when `out` is a directory or ends in a path
+    separator (a folder that does not exist yet is made: `--out converted/`). Refuses a file that is also read
+    (`read`): compared by device and inode, so another spelling, a symlink or a hard link of the input is caught
+    as well as the same string."""
+    folder = str(out).endswith(("/", os.sep))  # before Path() drops the trailing separator
+    out = Path(out)
+    if folder:
+        out.mkdir(parents=True, exist_ok=True)
     if out.is_dir():
         out = out / f"{input.stem}{target.suffix}"
     if out.exists():
@@ -120,9 +125,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--from", dest="source", choices=[f.value for f in SourceFormat], default=SourceFormat.OFFICIAL.value,
         help="format of INPUT (default: official)",
     )
-    p.add_argument("--out", type=Path, required=True,
-                   help="file to write (canonical: .jsonl or .parquet), or an existing directory to write "
-                        "<INPUT stem>.jsonl (canonical) / <INPUT stem>.json (sevila-json) into; never INPUT itself")
+    p.add_argument("--out", required=True,  # a str: Path() would drop the trailing / that says "a folder"
+                   help="file to write (canonical: .jsonl or .parquet), or a directory (existing, or any path "
+                        "ending in /) to write <INPUT stem>.jsonl (canonical) / <INPUT stem>.json (sevila-json) "
+                        "into; never INPUT itself")
     p.add_argument(
         "--format", dest="target", choices=[f.value for f in TargetFormat], default=TargetFormat.CANONICAL.value,
         help="format of OUT (default: canonical)",

@@ -22,6 +22,7 @@ import torch
 from sevila.model import chain
 from sevila.weights.checkpoint_dir import load_weights, trainable_state
 from sevila.weights.ours import save_sevila
+from sevila.errors import BadArgument
 from sevila.config import Config, to_dict
 from sevila.data.records import QARecord, Record, read_records
 from sevila.data.video import BadVideoPolicy, SkipLog
@@ -146,6 +147,10 @@ def fit_module(cfg: Config, model, module: str, items: list, loss_fn, stage: str
     Training state (resumable after an interruption) lives under runs/train/<stage>-<resume_key>: the same run
     resumes ("resuming at step N" in the log), while a run that reads anything different starts afresh; the
     published checkpoint holds and names one module."""
+    if steps_per_epoch(len(items), settings.batch_size) == 0:  # before any setting is derived from it
+        raise BadArgument(f"{stage}: {len(items)} training examples, fewer than one batch of "
+                          f"{settings.batch_size}: lower {stage}.train.batch_size (and micro_batch) to at most "
+                          f"{len(items)}, or give the split more examples")
     if eval_fn is not None and settings.eval_every is None:
         settings = dataclasses.replace(settings, eval_every=steps_per_epoch(len(items), settings.batch_size))
     model.set_trainable(**{module: True})

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sevila.errors import UserError
-from sevila.atomic import atomic_write_json
+from sevila.atomic import atomic_write_json, shared_mode
 
 log = logging.getLogger(__name__)
 
@@ -175,9 +175,9 @@ def write_checkpoint_dir(final: Path, weights: Mapping[str, torch.Tensor], meta:
             extra_files(tmp)
         for f in sorted(p for p in tmp.rglob("*") if p.is_file()):
             _fsync_file(f)
-            os.chmod(f, 0o644)
+            os.chmod(f, shared_mode())
         for d in [p for p in tmp.rglob("*") if p.is_dir()] + [tmp]:
-            os.chmod(d, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+            os.chmod(d, shared_mode(directory=True))  # mkdtemp makes it private; the umask says who may read
         _publish_dir(tmp, final)
     finally:
         if tmp.exists():

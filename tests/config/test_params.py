@@ -70,6 +70,9 @@ def test_exponents_without_a_dot_are_numbers(tmp_path):
         ("", ["evaluate.variants.v={study: frames, frame_slots: 4}"],
          "evaluate.variants.v.frame_slots: 4 is for frames read alone (fusion: vote), not fusion: concat"),
         ("", ["round=0"], "round: 0 must be >= 1"),
+        # issue 24: these two ended in tracebacks at the stage instead of one line naming the key
+        ("", ["model.device=tpu"], "model.device: 'tpu' must be auto, cpu, cuda, cuda:N or mps"),
+        ("", ["evaluate.only=[nosuch]"], "evaluate.only: ['nosuch'] names unknown variants ['nosuch']; known: ["),
         # the bootstrap recipe is a typed section like every other (sevila.config.BootstrapSettings)
         ("bootstrap:\n  text_steps: 5\n", [], "bootstrap: unknown setting(s) ['text_steps']"),
         ("", ["bootstrap.batch_size=0"], "bootstrap.batch_size: 0 must be >= 1"),

@@ -233,3 +233,12 @@ def test_out_directory_that_holds_the_input_is_refused(realdata, tmp_path, capsy
     # canonical output of a .jsonl input into its own folder would be the input itself
     assert main(["convert", "tvqa", str(src), "--out", str(tmp_path)]) == 2
     assert "is the input file" in capsys.readouterr().err and src.read_bytes() == before
+
+
+def test_out_ending_in_a_separator_is_a_folder_made_for_it(realdata, tmp_path, capsys):
+    # issue 24: the README's own `--out converted/` wrote a FILE named `converted` (argparse's Path dropped the /)
+    out = tmp_path / "converted"
+    assert main(["convert", "nextqa", str(realdata / "nextqa/val.csv"), "--out", f"{out}/"]) == 0
+    assert out.is_dir() and sorted(p.name for p in out.iterdir()) == ["val.jsonl"]
+    assert len((out / "val.jsonl").read_text().splitlines()) == 46  # every question of the excerpt
+    assert f"{out / 'val.jsonl'}" in capsys.readouterr().out

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,58 @@ def test_a_scheduled_round_resolves_to_the_next_one_on_disk(cfg):
     assert resolve_round(str(cfg), None, 5, 0.5, None, None)[1:3] == ("main", 3)
     assert resolve_round(str(cfg), None, 2, 0.5, None, None)[2] is None  # max_rounds reached: refine-round-none
     assert resolve_round(str(cfg), 7, 2, 0.5, None, None)[2] == 7
+
+
+# ---------------------------------------------------------------------------------------------- sevila round, end to end
+
+
+SCRIPT = """\
+import json, sys
+from sevila.cli import main
+rc = main(sys.argv[1:])
+print("PREFECT_IMPORTED", "prefect" in sys.modules)
+sys.exit(rc)
+"""
+
+
+def test_sevila_round_2_runs_without_prefect(tmp_path):
+    """Round 1 built by `dvc repro` alone, then `sevila round 2` in a plain process: the library runs the round
+    (outside the graph: dvc.yaml's own commands at round 2, versioned by rounds/round2.dvc) and Prefect is never
+    imported; the round's decision is printed, its MLflow parent run nests the stages' runs."""
+    from sevila.experiments.repro import child_env
+
+    from ..dvc_projects import MAIN, dvc_status, make_dvc_project
+
+    params = make_dvc_project(tmp_path / "project")
+    root = params.parent
+    # the venv's bin folder first on PATH, as `sevila repro` gives dvc (its stages run the `sevila` command)
+    env = child_env() | {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "repro", f"evaluate@{MAIN}"], cwd=root, env=env, check=True, capture_output=True)
+    lock = (root / "dvc.lock").read_text()
+    out = subprocess.run([sys.executable, "-c", SCRIPT, "round", "2", "-p", str(params), "--max-rounds", "3"],
+                         cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "PREFECT_IMPORTED False" in out.stdout
+    [decision] = json.loads(out.stdout[:out.stdout.index("PREFECT_IMPORTED")])
+    assert decision["round"] == 2 and decision["variant"] == MAIN and decision["proceed"] in (True, False)
+    assert decision["overrides"] == ["round=2", "pseudo_label.answerer=finetuned"]
+    metrics = json.loads((root / "runs" / "round2" / "eval" / MAIN / "metrics.json").read_text())
+    assert decision["accuracy"] == metrics["accuracy"]
+    assert decision["previous"] == json.loads((root / "runs" / "round1" / "eval" / MAIN / "metrics.json").read_text())[
+        "accuracy"]
+    assert (root / "models" / "localizer" / "qvh_sr_r2").is_dir()
+    assert (root / "models" / "answerer" / "finetuned_r2").is_dir()
+    assert (root / "rounds" / "round2.dvc").is_file() and (root / "dvc.lock").read_text() == lock
+    assert "rounds/round2.dvc" not in dvc_status(params)  # its outputs are committed to DVC's cache
+
+    from sevila import tracking
+
+    runs = tracking.runs_frame(uri=env["MLFLOW_TRACKING_URI"])
+    parent = runs[runs["run_name"] == "refine-round-2"]
+    assert len(parent) == 1 and parent["status"].iloc[0] == "FINISHED"
+    assert parent["metrics.accuracy"].iloc[0] == pytest.approx(decision["accuracy"])
+    nested = runs[runs["parent_run_id"] == parent["run_id"].iloc[0]]
+    assert sorted(nested["run_name"]) == sorted(
+        ["pseudo_label_r2", "refine_sr_r2", "refine_qvh_sr_r2", "finetune_answerer_r2", MAIN])
+    assert set(nested["round"]) == {2} and set(nested["status"]) == {"FINISHED"}
