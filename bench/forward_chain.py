@@ -43,16 +43,16 @@ from transformers.utils import logging as hf_logging
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sevila.model import chain as sevila_chain
-from sevila.model import prompts  # noqa: E402
-from sevila.synthetic.world import generate_world, load_world, world_text  # noqa: E402
+from sevila.atomic import atomic_write_json  # noqa: E402
 from sevila.data.video import read_frames  # noqa: E402
 from sevila.inference.features import FeatureCache, group_by_clip  # noqa: E402
-from sevila.atomic import atomic_write_json  # noqa: E402
-from sevila.model.modeling import SeViLA  # noqa: E402
+from sevila.model import prompts  # noqa: E402
+from sevila.model import chain as sevila_chain
 from sevila.model.configuration import SeViLAConfig
+from sevila.model.modeling import SeViLA  # noqa: E402
 from sevila.model.selection import Fusion, Selector, localizer_topk  # noqa: E402
 from sevila.model.tokenizer import build_tiny_tokenizer  # noqa: E402
+from sevila.synthetic.world import generate_world, load_world, world_text  # noqa: E402
 
 
 def small_config(vocab_size: int) -> SeViLAConfig:

@@ -68,15 +68,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.forward_chain import gemm_gflops  # noqa: E402
-from sevila.model import chain
-from sevila.model import prompts  # noqa: E402
 from sevila.atomic import atomic_write_json  # noqa: E402
-from sevila.model.modeling import SeViLA, build_sevila, parameter_counts  # noqa: E402
-from sevila.model.configuration import SeViLAConfig, sevila_flant5xl
-from sevila.model.selection import Fusion, Selector  # noqa: E402
 from sevila.config import Precision  # noqa: E402
-from sevila.model.tokenizer import build_tiny_tokenizer  # noqa: E402
+from sevila.model import prompts  # noqa: E402
+from sevila.model import chain
+from sevila.model.configuration import SeViLAConfig, sevila_flant5xl
+from sevila.model.modeling import SeViLA, build_sevila, parameter_counts  # noqa: E402
 from sevila.model.precision import hold_frozen, use_bf16  # noqa: E402
+from sevila.model.selection import Fusion, Selector  # noqa: E402
+from sevila.model.tokenizer import build_tiny_tokenizer  # noqa: E402
 from sevila.training.loop import param_groups
 
 H200_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H200 SXM datasheet: 1,979 TFLOP/s bf16 with sparsity, half of it dense

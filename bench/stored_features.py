@@ -34,17 +34,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from sevila.model import prompts  # noqa: E402
-from sevila.stages.common import stack  # noqa: E402
-from sevila.data.records import QARecord  # noqa: E402
-from sevila.synthetic.world import world_text  # noqa: E402
-from sevila.synthetic.render import write_mp4  # noqa: E402
-from sevila.inference.features import FeatureCache, iter_clip_features  # noqa: E402
-from sevila.atomic import atomic_write_json  # noqa: E402
 from bench.forward_chain import small_config  # noqa: E402
-from sevila.model.modeling import SeViLA  # noqa: E402
+from sevila.atomic import atomic_write_json  # noqa: E402
+from sevila.data.records import QARecord  # noqa: E402
+from sevila.inference.features import FeatureCache, iter_clip_features  # noqa: E402
+from sevila.model import prompts  # noqa: E402
 from sevila.model.configuration import SeViLAConfig
+from sevila.model.modeling import SeViLA  # noqa: E402
 from sevila.model.tokenizer import build_tiny_tokenizer  # noqa: E402
+from sevila.stages.common import stack  # noqa: E402
+from sevila.synthetic.render import write_mp4  # noqa: E402
+from sevila.synthetic.world import world_text  # noqa: E402
 
 BATCH = 8
 

@@ -28,9 +28,9 @@ from typing import Sequence
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from sevila.experiments.dvc_graph import PARAMS_FILE, dvc_project, upstream
 from flows.tasks import dvc_stage, flow_parent_run
 from sevila.config import load_config
+from sevila.experiments.dvc_graph import PARAMS_FILE, dvc_project, upstream
 
 EVALUATE = "evaluate"  # the foreach stage of dvc.yaml: evaluate@<variant>, one per evaluate.variants key
 

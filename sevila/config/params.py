@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from sevila.errors import UserError
 from sevila.config.modes import AnswererId, Benchmark, FrameSelection, Fusion, InvalidSetting, LocalizerId, Selector
 from sevila.config.training import BootstrapSettings, TrainConfig
+from sevila.errors import UserError
 
 
 class ConfigError(UserError, ValueError):

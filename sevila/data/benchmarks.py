@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from sevila.atomic import atomic_write_json, atomic_write_text
 from sevila.config import BadVideoPolicyName, Benchmark, Config
 from sevila.data.annotations import count_unlabelled, read_annotations
 from sevila.data.records import Record, write_records
 from sevila.data.video import SkipLog, VideoError, probe_video, resolve_video_path
 from sevila.errors import UserError
-from sevila.atomic import atomic_write_json, atomic_write_text
 
 VIDEOS_FILE = "videos.jsonl"
 SKIPPED_FILE = "skipped.json"

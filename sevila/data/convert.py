@@ -20,12 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 from sevila.config import Benchmark
-from sevila.data.annotations import (
-    SourceFormat,
-    count_missing_windows,
-    count_unlabelled,
-    read_annotations,
-)
+from sevila.data.annotations import SourceFormat, count_missing_windows, count_unlabelled, read_annotations
 from sevila.data.records import write_records
 from sevila.data.sevila_json import write_sevila_json
 from sevila.errors import UserError

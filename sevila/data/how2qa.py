@@ -21,12 +21,7 @@ import re
 from pathlib import Path
 
 from sevila.data.annotations import (
-    AnnotationError,
-    check_video_id,
-    clip_window,
-    csv_rows,
-    parse_seconds,
-    split_from_name,
+    AnnotationError, check_video_id, clip_window, csv_rows, parse_seconds, split_from_name,
 )
 from sevila.data.records import QARecord
 

@@ -13,13 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sevila.data.annotations import (
-    AnnotationError,
-    check_video_id,
-    iter_json_records,
-    parse_seconds,
-    require_id,
-    require_str,
-    split_from_name,
+    AnnotationError, check_video_id, iter_json_records, parse_seconds, require_id, require_str, split_from_name,
 )
 from sevila.data.records import MomentRecord
 

@@ -19,8 +19,8 @@ from typing import Any, Iterable, Sequence, TypeVar, Union
 import pandas as pd
 import pyarrow
 
-from sevila.errors import UserError
 from sevila.atomic import atomic_path, atomic_write_text
+from sevila.errors import UserError
 
 Window = tuple[float, float]
 

@@ -24,20 +24,14 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from sevila.atomic import atomic_write_text
 from sevila.config import Benchmark
 from sevila.data.annotations import (
-    AnnotationError,
-    check_video_id,
-    clip_window,
-    iter_json_records,
-    parse_answer,
-    parse_seconds,
-    require_str,
+    AnnotationError, check_video_id, clip_window, iter_json_records, parse_answer, parse_seconds, require_str,
     split_from_name,
 )
 from sevila.data.qvhighlights import parse_windows
 from sevila.data.records import MomentRecord, QARecord, Record
-from sevila.atomic import atomic_write_text
 
 QID_PREFIX: dict[Benchmark, str] = {
     Benchmark.HOW2QA: "HOW2QA_",

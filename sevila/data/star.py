@@ -13,13 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sevila.data.annotations import (
-    AnnotationError,
-    check_video_id,
-    clip_window,
-    iter_json_records,
-    parse_seconds,
-    require_str,
-    split_from_name,
+    AnnotationError, check_video_id, clip_window, iter_json_records, parse_seconds, require_str, split_from_name,
 )
 from sevila.data.records import QARecord
 

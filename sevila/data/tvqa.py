@@ -17,15 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from sevila.data.annotations import (
-    AnnotationError,
-    check_video_id,
-    clip_window,
-    iter_json_records,
-    parse_answer,
-    parse_seconds,
-    require_id,
-    require_str,
-    split_from_name,
+    AnnotationError, check_video_id, clip_window, iter_json_records, parse_answer, parse_seconds, require_id,
+    require_str, split_from_name,
 )
 from sevila.data.records import QARecord
 

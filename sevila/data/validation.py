@@ -20,9 +20,9 @@ from typing import Iterable, Mapping, Sequence, Union
 
 import pandas as pd
 
+from sevila.atomic import atomic_write_json
 from sevila.data.records import MomentRecord, QARecord, Record, read_records
 from sevila.errors import UserError
-from sevila.atomic import atomic_write_json
 
 # Options per question in each benchmark's official files (VLEP: two future events).
 EXPECTED_OPTIONS = {"nextqa": 5, "star": 4, "how2qa": 4, "tvqa": 5, "vlep": 2}

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sevila.errors import UserError
 from sevila.atomic import atomic_write_json
+from sevila.errors import UserError
 
 # CLIP normalisation constants used by BLIP-2 / SeViLA (LAVIS BlipImageBaseProcessor defaults).
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)

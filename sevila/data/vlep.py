@@ -11,13 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sevila.data.annotations import (
-    require_id,
-    AnnotationError,
-    check_video_id,
-    clip_window,
-    iter_json_records,
-    parse_answer,
-    parse_seconds,
+    AnnotationError, check_video_id, clip_window, iter_json_records, parse_answer, parse_seconds, require_id,
     split_from_name,
 )
 from sevila.data.records import QARecord

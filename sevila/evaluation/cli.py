@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from sevila.cli import one_line
 from sevila.atomic import atomic_write_json
+from sevila.cli import one_line
 from sevila.evaluation.moments import (
     MAX_PRED_WINDOWS, evaluate_moments, load_ground_truth, load_predictions, match_qids,
 )

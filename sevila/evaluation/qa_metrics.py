@@ -17,7 +17,6 @@ import numpy as np
 from sevila.config.modes import Benchmark
 from sevila.data.records import Window
 
-
 NEXTQA_TYPES: tuple[str, ...] = ("CW", "CH", "TN", "TC", "TP", "DC", "DL", "DO")
 # NExT-QA groups (Xiao et al. 2021; SeViLA Table 1): Causal = why/how, Temporal = next/current/previous,
 # Descriptive = count/location/other. Each group is the accuracy over all its questions (count-weighted).

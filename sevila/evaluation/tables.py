@@ -33,13 +33,13 @@ from typing import Any, Sequence
 import pandas as pd
 
 from sevila.atomic import atomic_path, atomic_write_json, atomic_write_text
+from sevila.config import AnswererId
 from sevila.config.modes import Benchmark
 from sevila.evaluation.qa_metrics import NEXTQA_GROUPS, STAR_TYPES
 from sevila.experiments.seeds import STD_SUFFIX, collapse_seeds
-from sevila.config import AnswererId
 from sevila.tracking import (
-    BOOL_TAGS, INT_TAGS, PIVOT_TAGS, SELECTOR_VALUES, Phase, RunTags, Study, finished_runs,
-    latest_per_variant, normalize_uri, reap_stale_runs, start_run, tracking_uri,
+    BOOL_TAGS, INT_TAGS, PIVOT_TAGS, SELECTOR_VALUES, Phase, RunTags, Study, finished_runs, latest_per_variant,
+    normalize_uri, reap_stale_runs, start_run, tracking_uri,
 )
 
 DEFAULT_METRICS: tuple[str, ...] = ("accuracy", "keyframe_in_span")

@@ -41,11 +41,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, ContextManager, Iterator, Protocol, Sequence
 
+from sevila.atomic import atomic_write_text
 from sevila.config import AnswererId, Config, Fusion, LocalizerId, Selector, load_config
 from sevila.errors import BadArgument, UserError
 from sevila.experiments import dvc_graph
 from sevila.experiments.processes import run_checked
-from sevila.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 

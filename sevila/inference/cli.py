@@ -22,16 +22,16 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from sevila.model import prompts
-from sevila.inference import plots as viz
-from sevila.weights.load import LavisLayout
 from sevila.data.video import VideoNotFound, read_frames
-from sevila.inference.features import FeatureCache, score_frames
-from sevila.model.modeling import build_sevila, parameter_counts
-from sevila.model.configuration import sevila_flant5xl, sevila_tiny
 from sevila.errors import BadArgument
+from sevila.inference import plots as viz
+from sevila.inference.features import FeatureCache, score_frames
 from sevila.inference.predictor import Prediction, check_arguments, load_chain, predict_with
+from sevila.model import prompts
+from sevila.model.configuration import sevila_flant5xl, sevila_tiny
+from sevila.model.modeling import build_sevila, parameter_counts
 from sevila.model.tokenizer import load_tokenizer
+from sevila.weights.load import LavisLayout
 
 
 def _register_model_info(sub: argparse._SubParsersAction) -> None:

@@ -43,11 +43,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sevila.model import prompts
+from sevila.atomic import atomic_path
 from sevila.data.video import (
     Backend, BadVideoPolicy, FrameSample, SkipLog, VideoError, VideoNotFound, read_frames, resolve_video_path,
 )
-from sevila.atomic import atomic_path
+from sevila.model import prompts
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sevila.data.video import CLIP_MEAN, CLIP_STD
 from sevila.atomic import atomic_path
+from sevila.data.video import CLIP_MEAN, CLIP_STD
 
 
 def to_uint8_images(pixels: torch.Tensor) -> np.ndarray:

@@ -21,14 +21,13 @@ from typing import Any, Sequence
 
 import torch
 
-from sevila.model import chain
-from sevila.model import prompts
-from sevila.weights.ours import CheckpointKind, WeightsReport, read_header
-from sevila.weights.load import LavisLayout, assemble, detect_kind
 from sevila.data.video import FrameSample
 from sevila.errors import BadArgument
 from sevila.inference.features import FeatureCache, clip_features
+from sevila.model import chain, prompts
 from sevila.model.selection import Fusion, Selector
+from sevila.weights.load import LavisLayout, assemble, detect_kind
+from sevila.weights.ours import CheckpointKind, WeightsReport, read_header
 
 
 @dataclass(frozen=True)

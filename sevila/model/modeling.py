@@ -30,13 +30,12 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionModel
-from transformers import T5ForConditionalGeneration
+from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionModel, T5ForConditionalGeneration
 
 from sevila.model import prompts
+from sevila.model.configuration import SeViLAConfig
 from sevila.model.selection import localizer_topk
 from sevila.model.tokenizer import TokenIds, TokenizedText, prefix_ids, tokenize_prompts
-from sevila.model.configuration import SeViLAConfig
 
 # ---------------------------------------------------------------------------------------------------------------
 # Parts

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sevila.synthetic import bootstrap
 from sevila import tracking
+from sevila.atomic import atomic_write_json
 from sevila.config import Config
 from sevila.errors import UserError
-from sevila.atomic import atomic_write_json
+from sevila.synthetic import bootstrap
 from sevila.tracking.run_settings import stage_run
-
 
 NOT_TRAINED = "not_trained.json"
 

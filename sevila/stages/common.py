@@ -19,20 +19,19 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
-from sevila.model import chain
-from sevila.weights.checkpoint_dir import load_weights, trainable_state
-from sevila.weights.ours import save_sevila
-from sevila.errors import BadArgument
-from sevila.config import Config, to_dict
+from sevila.config import AnswererId, Config, Fusion, LocalizerId, Precision, Selector, TrainConfig, to_dict
 from sevila.data.records import QARecord, Record, read_records
 from sevila.data.video import BadVideoPolicy, SkipLog
+from sevila.errors import BadArgument
 from sevila.inference.features import (
     ClipFeatures, FeatureCache, StoredFeatures, group_by_clip, iter_clip_features, load_features,
 )
-from sevila.weights.load import assemble
+from sevila.model import chain
 from sevila.model.prompts import qa_prompts
-from sevila.config import AnswererId, Fusion, LocalizerId, Precision, Selector, TrainConfig
 from sevila.training.loop import steps_per_epoch, train
+from sevila.weights.checkpoint_dir import load_weights, trainable_state
+from sevila.weights.load import assemble
+from sevila.weights.ours import save_sevila
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from sevila.model import chain
 from sevila import tracking
-from sevila.stages.common import split_clips, load_model, qa_prompt_pair, read_split, round_dir
-from sevila.config import Config, VariantConfig, frame_slots
-from sevila.data.video import SkipLog, frame_labels
 from sevila.atomic import atomic_write_json, atomic_write_text
+from sevila.config import Config, Selector, VariantConfig, frame_slots
+from sevila.data.video import SkipLog, frame_labels
 from sevila.evaluation.qa_metrics import keyframe_in_span, localizer_metrics, qa_metrics
+from sevila.model import chain
+from sevila.stages.common import load_model, qa_prompt_pair, read_split, round_dir, split_clips
 from sevila.tracking.run_settings import stage_run
-from sevila.config import Selector
 
 MAX_QUESTIONS = 16  # questions of one clip per forward pass
 

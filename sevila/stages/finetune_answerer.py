@@ -11,15 +11,14 @@ import numpy as np
 import torch
 
 from sevila import tracking
-from sevila.stages.common import (
-    answerer_dir, chain_accuracy, split_clips, fit_module, load_model, qa_items, qa_prompt_pair, read_split, stack,
-)
-from sevila.config import Config, FrameSelection, LocalizerId
-from sevila.inference.features import take_frames
 from sevila.atomic import atomic_write_json
-from sevila.tracking.run_settings import stage_run
+from sevila.config import AnswererId, Config, FrameSelection, LocalizerId, Selector
+from sevila.inference.features import take_frames
 from sevila.model.selection import uniform_keyframes
-from sevila.config import AnswererId, Selector
+from sevila.stages.common import (
+    answerer_dir, chain_accuracy, fit_module, load_model, qa_items, qa_prompt_pair, read_split, split_clips, stack,
+)
+from sevila.tracking.run_settings import stage_run
 
 #: How val questions pick their frames for the kept-epoch accuracy (random frames are judged on uniform ones).
 VAL_SELECTOR = {FrameSelection.LOCALIZER: Selector.LOCALIZER, FrameSelection.UNIFORM: Selector.UNIFORM,

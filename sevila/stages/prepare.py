@@ -14,13 +14,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from sevila.config import Config
+from sevila.atomic import atomic_write_json
+from sevila.config import Benchmark, Config
 from sevila.data.annotations import count_unlabelled, read_annotations
-from sevila.config import Benchmark
 from sevila.data.benchmarks import prepare_benchmark
 from sevila.data.records import QARecord, write_records
 from sevila.synthetic.world import generate_world
-from sevila.atomic import atomic_write_json
 
 
 def read_spans(path: Path) -> dict[str, tuple[float, float]]:

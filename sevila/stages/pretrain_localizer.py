@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sevila.model import prompts
 from sevila import tracking
-from sevila.stages.common import split_clips, fit_module, load_model, localizer_dir, read_split, stack
+from sevila.atomic import atomic_write_json
 from sevila.config import Config, LocalizerId
 from sevila.data.video import frame_labels
-from sevila.inference.features import load_features
-from sevila.atomic import atomic_write_json
-from sevila.evaluation.qa_metrics import keyframe_in_span, localizer_metrics
 from sevila.evaluation.moments import evaluate_moments, frame_scores_to_windows
+from sevila.evaluation.qa_metrics import keyframe_in_span, localizer_metrics
+from sevila.inference.features import load_features
+from sevila.model import prompts
+from sevila.stages.common import fit_module, load_model, localizer_dir, read_split, split_clips, stack
 from sevila.tracking.run_settings import stage_run
 
 

@@ -14,10 +14,10 @@ import torch
 from tqdm import tqdm
 
 from sevila import tracking
-from sevila.stages.common import split_clips, load_model, qa_prompt_pair, read_split, round_dir
+from sevila.atomic import atomic_write_json, atomic_write_text
 from sevila.config import Config
 from sevila.data.video import SkipLog, frame_labels
-from sevila.atomic import atomic_write_json, atomic_write_text
+from sevila.stages.common import load_model, qa_prompt_pair, read_split, round_dir, split_clips
 from sevila.tracking.run_settings import stage_run
 
 MAX_ROWS = 512  # (question, frame) sequences per Answerer pass

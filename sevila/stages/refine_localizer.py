@@ -11,15 +11,14 @@ from pathlib import Path
 import torch
 
 from sevila import tracking
-from sevila.stages.common import (
-    chain_accuracy, split_clips, fit_module, load_model, localizer_dir, qa_items, qa_prompt_pair, read_split,
-)
-from sevila.config import Config, LocalizerId
 from sevila.atomic import atomic_write_json
-from sevila.tracking.run_settings import stage_run
-from sevila.config import Selector
+from sevila.config import Config, LocalizerId, Selector
+from sevila.stages.common import (
+    chain_accuracy, fit_module, load_model, localizer_dir, qa_items, qa_prompt_pair, read_split, split_clips,
+)
 from sevila.stages.pretrain_localizer import localizer_loss
 from sevila.stages.pseudo_label import label_file, read_labels
+from sevila.tracking.run_settings import stage_run
 
 REFINED = {LocalizerId.BACKBONE: LocalizerId.SR, LocalizerId.QVH: LocalizerId.QVH_SR}
 

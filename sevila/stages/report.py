@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sevila.config import Config
 from sevila.atomic import atomic_write_json
+from sevila.config import Config
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

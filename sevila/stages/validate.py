@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sevila.atomic import atomic_write_json
 from sevila.config import Benchmark, Config
 from sevila.data.benchmarks import SKIPPED_FILE
 from sevila.data.records import read_records
-from sevila.atomic import atomic_write_json
 from sevila.data.validation import validate_records
 
 

@@ -82,23 +82,22 @@ from typing import Any, Mapping, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from sevila.model import prompts
-from sevila.synthetic.bootstrap_examples import (
-    EMPTY_SLOTS, SLOT_WORDS, Context, Example, FrameTable, Gate, CurriculumPhase, PhaseData, Pools, Task, TaskSpec,
-    caption_images, collate_examples, concat_tables, event_frame_pool, frame_qa_example, frame_qa_pool,
-    ground_examples, load_frame_table, localize_example, match_example, shows_event, slot_text, text_metas,
-    text_qa_example, yes_no_example,
-)
-from sevila.weights.ours import PARTS, save_sevila
-from sevila.synthetic import world as synth
+from sevila.config import BootstrapSettings, TrainConfig
 from sevila.data.records import QARecord, read_records
 from sevila.data.video import frame_labels
-from sevila.model.modeling import EncoderInputs, SeViLA
+from sevila.model import prompts
 from sevila.model.configuration import SeViLAConfig, sevila_tiny
-from sevila.config import BootstrapSettings
+from sevila.model.modeling import EncoderInputs, SeViLA
 from sevila.model.tokenizer import build_tiny_tokenizer, load_tokenizer, tokenize_prompts
+from sevila.synthetic import world as synth
+from sevila.synthetic.bootstrap_examples import (
+    EMPTY_SLOTS, SLOT_WORDS, Context, CurriculumPhase, Example, FrameTable, Gate, PhaseData, Pools, Task, TaskSpec,
+    caption_images, collate_examples, concat_tables, event_frame_pool, frame_qa_example, frame_qa_pool, ground_examples,
+    load_frame_table, localize_example, match_example, shows_event, slot_text, text_metas, text_qa_example,
+    yes_no_example,
+)
 from sevila.training.loop import train
-from sevila.config import TrainConfig
+from sevila.weights.ours import PARTS, save_sevila
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from sevila.data.records import QARecord
+from sevila.data.video import frame_labels, read_frames, resolve_video_path, to_pixels
 from sevila.model import prompts
 from sevila.synthetic import world as synth
-from sevila.data.records import QARecord
 from sevila.synthetic.render import COLOURS, in_event, render_frame, visible_objects
-from sevila.data.video import frame_labels, read_frames, resolve_video_path, to_pixels
 
 #: Word pool of MATCH: every colour and shape word of the world.
 MATCH_WORDS: tuple[str, ...] = (*COLOURS, *synth.SHAPES)

@@ -38,10 +38,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from sevila.synthetic.render import COLOURS, available_codec, in_event, render_video, visible_objects, write_mp4
+from sevila.atomic import atomic_write_json, atomic_write_text
 from sevila.data.video import frame_labels, sample_indices
 from sevila.errors import BadArgument
-from sevila.atomic import atomic_write_json, atomic_write_text
+from sevila.synthetic.render import COLOURS, available_codec, in_event, render_video, visible_objects, write_mp4
 
 GENERATOR_VERSION = 1
 

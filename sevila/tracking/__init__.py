@@ -70,12 +70,12 @@ from sevila.tracking import owner as tracking_owner, views as tracking_views
 from sevila.tracking.inputs import InputContext, InputFile, file_digest  # noqa: F401
 from sevila.tracking.owner import END_REASON_TAG, OWNER_TAG  # noqa: F401
 from sevila.tracking.params import (  # noqa: F401
-    MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH, TRUNCATION_MARK, _parse_bool, _parse_int, _plain, flatten_params, safe_key,
+    MAX_ENTITY_KEY_LENGTH, MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH, MAX_TAG_VAL_LENGTH,
+    TRUNCATION_MARK, _parse_bool, _parse_int, _plain, flatten_params, safe_key,
 )
 from sevila.tracking.store import (  # noqa: F401
-    ARTIFACT_DIR_NAME, DEFAULT_DB_NAME, TRACKING_URI_ENV, TrackingError, _experiment_id, _git_tags, client,
-    configure, git_state, metric_history, normalize_uri, project_root, sqlite_path, store_lock_path, tracking_uri,
+    ARTIFACT_DIR_NAME, DEFAULT_DB_NAME, TRACKING_URI_ENV, TrackingError, _experiment_id, _git_tags, client, configure,
+    git_state, metric_history, normalize_uri, project_root, sqlite_path, store_lock_path, tracking_uri,
 )
 
 PARENT_RUN_ENV = "SEVILA_PARENT_RUN_ID"

@@ -22,8 +22,8 @@ import contextlib
 import dataclasses
 from typing import Any, Iterator, Sequence
 
-from sevila.stages.common import records_file
 from sevila.config import Config, frame_slots, to_dict
+from sevila.stages.common import records_file
 from sevila.tracking import InputContext, InputFile, MlflowRunLogger, Phase, RunTags, start_run
 
 SYNTH = "synth"  # the embedded default's dataset name: its runs carry the world's seed (sevila.experiments.seeds)

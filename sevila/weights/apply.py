@@ -21,8 +21,8 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from sevila.weights.checkpoint_dir import CheckpointError, CheckpointKind, WeightsReport, brief_list, torch_load
 from sevila.model.modeling import build_sevila
+from sevila.weights.checkpoint_dir import CheckpointError, CheckpointKind, WeightsReport, brief_list, torch_load
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from sevila.errors import UserError
 from sevila.atomic import atomic_write_json, shared_mode
+from sevila.errors import UserError
 
 log = logging.getLogger(__name__)
 

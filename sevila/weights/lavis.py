@@ -14,8 +14,8 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from sevila.weights.checkpoint_dir import CheckpointError, CheckpointKind, WeightsReport, brief_list, torch_load
 from sevila.weights.apply import BRIDGES, Entry, KeyPlan, TensorSource, apply_plan, state_dict_of
+from sevila.weights.checkpoint_dir import CheckpointError, CheckpointKind, WeightsReport, brief_list, torch_load
 
 
 class LavisLayout(str, enum.Enum):

@@ -9,18 +9,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from sevila.config import Precision
+from sevila.model.configuration import SeViLAConfig
+from sevila.model.precision import hold_frozen, use_bf16
+from sevila.weights.apply import empty_model
 from sevila.weights.checkpoint_dir import (
     TOKENIZER_DIR, WEIGHTS_FILE, CheckpointError, CheckpointKind, WeightsReport, read_header,
 )
+from sevila.weights.lavis import LavisLayout, load_lavis_checkpoint
 from sevila.weights.ours import checkpoint_tokenizer, load_sevila
-from sevila.model.configuration import SeViLAConfig
-from sevila.config import Precision
-from sevila.model.precision import hold_frozen, use_bf16
-from sevila.weights.apply import empty_model
 from sevila.weights.transformers_blip2 import (
     Numerics, blip2_dir_tokenizer, build_from_blip2_dir, config_from_blip2, load_blip2_weights, read_blip2_config,
 )
-from sevila.weights.lavis import LavisLayout, load_lavis_checkpoint
 
 
 def detect_kind(path: str | Path) -> CheckpointKind:

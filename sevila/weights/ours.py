@@ -14,13 +14,13 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from sevila.weights.checkpoint_dir import (
-    TOKENIZER_DIR, CheckpointError, CheckpointKind, Header, WeightsReport, read_header, write_checkpoint_dir,
-)
 from sevila.model.configuration import SeViLAConfig
 from sevila.model.tokenizer import load_tokenizer
 from sevila.weights.apply import (
     BRIDGES, PARTS, KeyPlan, TensorSource, apply_plan, canonical_state, empty_model, part_of,
+)
+from sevila.weights.checkpoint_dir import (
+    TOKENIZER_DIR, CheckpointError, CheckpointKind, Header, WeightsReport, read_header, write_checkpoint_dir,
 )
 
 log = logging.getLogger(__name__)

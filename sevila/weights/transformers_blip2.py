@@ -15,10 +15,10 @@ from typing import Callable, Iterable
 from torch import nn
 from transformers import Blip2Config
 
-from sevila.weights.checkpoint_dir import CheckpointError, CheckpointKind, WeightsReport
 from sevila.model.configuration import SeViLAConfig
 from sevila.model.tokenizer import load_tokenizer
 from sevila.weights.apply import Entry, KeyPlan, TensorSource, apply_plan, empty_model
+from sevila.weights.checkpoint_dir import CheckpointError, CheckpointKind, WeightsReport
 
 
 class Numerics(str, enum.Enum):

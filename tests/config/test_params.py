@@ -10,9 +10,8 @@ import yaml
 import sevila.synthetic.bootstrap
 import sevila.training.loop
 from sevila import config, tracking
-from sevila.config import modes, training
+from sevila.config import BadVideoPolicyName, Config, ConfigError, Precision, load_config, modes, to_dict, training
 from sevila.model import selection
-from sevila.config import BadVideoPolicyName, Config, ConfigError, Precision, load_config, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 

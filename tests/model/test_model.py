@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sevila.model import chain
-from sevila.model import prompts
+from sevila.model import chain, prompts
 from sevila.cli import main as cli_main
 from sevila.model.modeling import SeViLA, build_sevila, parameter_counts
 from sevila.model.configuration import SeViLAConfig, sevila_flant5xl, sevila_tiny

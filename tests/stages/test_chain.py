@@ -13,14 +13,12 @@ import pytest
 import torch
 
 from sevila import cli, tracking
-from sevila.weights.ours import read_header
+from sevila.weights.ours import load_sevila, read_header
 from sevila.stages.common import split_clips, fit_module, load_model, read_split
 from sevila.weights.checkpoint_dir import load_weights
-from sevila.weights.ours import load_sevila
-from sevila.config import load_config
+from sevila.config import FrameSelection, TrainConfig, load_config
 from sevila.data.records import read_records
 from sevila.stages import RUNS_AS, evaluate, finetune_answerer, pretrain_localizer, pseudo_label, refine_localizer
-from sevila.config import FrameSelection, TrainConfig
 from sevila.stages.finetune_answerer import answerer_items, answerer_loss
 from sevila.stages.pretrain_localizer import moment_windows
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from sevila.synthetic import bootstrap as boot
+from sevila.synthetic import bootstrap as boot, world as synth
 from sevila.model import prompts
 from sevila.synthetic.bootstrap import (
     YES_NO_TASKS, BootstrapLoss, BootstrapSettings, HeldOut, Verdict, bootstrap_backbone, bootstrap_trainable,
@@ -36,7 +36,6 @@ from sevila.synthetic.bootstrap_examples import (
 )
 from sevila.weights.ours import load_sevila, read_header
 from sevila.config import ConfigError, build, load_config
-from sevila.synthetic import world as synth
 from sevila.data.records import read_records
 from sevila.synthetic.render import COLOURS, render_frame, visible_objects
 from sevila.data.video import to_pixels

@@ -21,9 +21,8 @@ from sevila.weights.checkpoint_dir import (
     CheckpointError, load_state_file, load_tensors, load_weights, recover_dir, write_checkpoint_dir,
 )
 from sevila.training.loop import Goal, epoch_batches, lr_at, param_groups, train  # noqa: E402
-from sevila.config import TrainConfig
+from sevila.config import Precision, TrainConfig
 from sevila.model.precision import use_bf16
-from sevila.config import Precision
 
 
 class MemoryLogger:

@@ -16,12 +16,11 @@ from sevila.stages.common import answerer_dir, load_model, localizer_dir
 from sevila.weights.checkpoint_dir import CheckpointError
 from sevila.weights.ours import PARTS, save_sevila
 from sevila.cli import main as cli_main
-from sevila.config import Config, build
+from sevila.config import AnswererId, Config, LocalizerId, Precision, TrainConfig, build
 from sevila.synthetic.render import write_mp4
 from sevila.inference.features import FeatureCache
 from sevila.weights.load import assemble, load_for_inference
 from sevila.inference.predictor import load_chain
-from sevila.config import AnswererId, LocalizerId, Precision, TrainConfig
 from sevila.model.precision import hold_frozen, use_bf16
 from sevila.training.loop import train
 

@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from sevila.config import load_config
-from sevila.data import REALDATA_ENV, realdata_dir
-from sevila.config import Benchmark
-from sevila.errors import BadArgument
 from sevila.atomic import atomic_write_json
+from sevila.config import Benchmark, load_config
+from sevila.data import REALDATA_ENV, realdata_dir
+from sevila.errors import BadArgument
 from sevila.experiments.rehearse.miniature import QA_BENCHMARKS, SPECS, lay_out
 from sevila.experiments.rehearse.project import REPORT_FILES, BenchmarkFiles, overrides, run_project, write_params
 from sevila.experiments.rehearse.tiny_blip2 import DIR_NAME, save_tiny_blip2

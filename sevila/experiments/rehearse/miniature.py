@@ -39,12 +39,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sevila.data.annotations import SourceFormat, iter_json_records, read_annotations
+from sevila.atomic import atomic_write_json, atomic_write_text
 from sevila.config import Benchmark
+from sevila.data.annotations import SourceFormat, iter_json_records, read_annotations
 from sevila.data.nextqa import MAP_NAME, load_video_map
 from sevila.data.records import AnnotationError, MomentRecord, QARecord, Record
 from sevila.synthetic.render import write_mp4
-from sevila.atomic import atomic_write_json, atomic_write_text
 
 FPS = 2  # every window of the excerpts spans a frame at 2 fps (at 1 fps two VLEP windows would fall back)
 MOMENT_FPS = 1  # QVHighlights' windows are whole 2 s clips

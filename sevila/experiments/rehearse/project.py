@@ -14,11 +14,9 @@ from typing import Callable, Mapping
 
 import yaml
 
-from sevila.config import apply_override, load_config, read_yaml
-from sevila.config import Benchmark
 from sevila.atomic import atomic_write_text
+from sevila.config import Benchmark, apply_override, load_config, read_yaml
 from sevila.stages import pipeline, run_stage
-
 
 # Sized for a tiny model on a CPU: one epoch of small batches, 4 -> 2 frames (the paper: 32 -> 4, tens of epochs)
 RECIPE = {"lr": 1.0e-3, "epochs": 1, "batch_size": 4, "micro_batch": 4, "warmup_steps": 0}
