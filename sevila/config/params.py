@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import logging
 import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -21,6 +22,8 @@ from sevila.config.modes import AnswererId, Benchmark, FrameSelection, Fusion, I
 from sevila.config.training import BootstrapSettings, TrainConfig
 from sevila.errors import UserError
 
+
+log = logging.getLogger(__name__)
 
 class ConfigError(UserError, ValueError):
     """A setting is missing, unknown or of the wrong type; the message names the dotted key."""
@@ -130,7 +133,8 @@ class VariantConfig:
     n_keyframes: int = 4
     localizer: LocalizerId = LocalizerId.QVH_SR
     answerer: AnswererId = AnswererId.FINETUNED
-    # fusion vote: each frame read alone fills this many keyframe slots (sevila.model.chain.answer). null (the default) = the
+    # fusion vote: each frame read alone fills this many keyframe slots (sevila.model.chain.answer). null (the
+    # default) = the
     # input the Answerer was trained on (`frame_slots` below): 1 for the zero-shot one (the official per-frame
     # input, BLIP-2 reads one image); frames.n_keyframes for one fine-tuned on that many keyframes, which never saw
     # a one-frame input, so its oracle gives each frame all k slots: one frame's content, in the format it answers in
@@ -212,9 +216,6 @@ class StageRecipe:
             if getattr(self, f.name) is None:
                 raise InvalidSetting(f.name, None, "must be set (the official run script's value)")
 
-    def applied_to(self, train: TrainConfig) -> TrainConfig:
-        return dataclasses.replace(train, lr=self.lr, epochs=self.epochs, batch_size=self.batch_size,
-                                   micro_batch=self.micro_batch, warmup_steps=self.warmup_steps)
 
 
 @dataclass(frozen=True)
@@ -344,7 +345,9 @@ def load_config(path: str | Path = "params.yaml", overrides: list[str] | tuple[s
         raise ConfigError(f"{path}: top level must be a mapping")
     for item in overrides:
         apply_override(raw, item)
-    return with_paper_settings(build(Config, raw, ""))
+    # a setting the user names on the command line wins over the paper's (issue 24: -o frames.n_frames=16 was
+    # silently replaced by the benchmark's 32 on real weights)
+    return with_paper_settings(build(Config, raw, ""), named=[item.split("=", 1)[0].strip() for item in overrides])
 
 
 def real_weights(weights: str | Path) -> bool:
@@ -360,23 +363,43 @@ def real_weights(weights: str | Path) -> bool:
     return detect_kind(weights) in (CheckpointKind.HF_BLIP2, CheckpointKind.LAVIS)
 
 
-def with_paper_settings(cfg: Config) -> Config:
+def with_paper_settings(cfg: Config, named: Sequence[str] = ()) -> Config:
     """A real benchmark run with real weights runs the paper's settings for that benchmark (`datasets.<name>.paper`,
     from the official run scripts): its frames -> keyframes, and the recipes of fine-tuning and self-refinement;
-    Localizer pre-training takes `datasets.qvhighlights.paper`. Every other field of a stage's `train:` block stays.
+    Localizer pre-training takes `datasets.qvhighlights.paper`. Every other field of a stage's `train:` block stays,
+    and so does every setting in `named` (the dotted keys a user gave as overrides, or a section above them: the
+    user's word wins over the paper's). The log says which settings came from the paper and which were kept.
     The synthetic world, and a real benchmark on our own checkpoints, run params.yaml's stage settings as written."""
     if not cfg.dataset.real or not real_weights(cfg.model.weights):
         return cfg
     qa, qvh = cfg.datasets[cfg.dataset].paper, cfg.datasets.qvhighlights.paper
+    taken, kept = {}, []
 
-    def stage(section, recipe: StageRecipe | None):
-        return section if recipe is None else dataclasses.replace(section, train=recipe.applied_to(section.train))
+    def paper(key: str, value, current):
+        if any(key == n or key.startswith(n + ".") for n in named):
+            kept.append(key)
+            return current
+        taken[key] = value
+        return value
 
-    return dataclasses.replace(
-        cfg, frames=dataclasses.replace(cfg.frames, n_frames=qa.n_frames, n_keyframes=qa.n_keyframes),
-        pretrain_localizer=stage(cfg.pretrain_localizer, qvh.pretrain_localizer),
-        refine_localizer=stage(cfg.refine_localizer, qa.refine_localizer),
-        finetune_answerer=stage(cfg.finetune_answerer, qa.finetune_answerer))
+    def stage(name: str, section, recipe: StageRecipe | None):
+        if recipe is None:
+            return section
+        values = {f.name: paper(f"{name}.train.{f.name}", getattr(recipe, f.name), getattr(section.train, f.name))
+                  for f in dataclasses.fields(recipe)}
+        return dataclasses.replace(section, train=dataclasses.replace(section.train, **values))
+
+    frames = dataclasses.replace(cfg.frames, n_frames=paper("frames.n_frames", qa.n_frames, cfg.frames.n_frames),
+                                 n_keyframes=paper("frames.n_keyframes", qa.n_keyframes, cfg.frames.n_keyframes))
+    out = dataclasses.replace(
+        cfg, frames=frames,
+        pretrain_localizer=stage("pretrain_localizer", cfg.pretrain_localizer, qvh.pretrain_localizer),
+        refine_localizer=stage("refine_localizer", cfg.refine_localizer, qa.refine_localizer),
+        finetune_answerer=stage("finetune_answerer", cfg.finetune_answerer, qa.finetune_answerer))
+    log.info("%s on real weights: from the paper's settings (datasets.%s.paper, datasets.qvhighlights.paper): %s%s",
+             cfg.dataset.value, cfg.dataset.value, ", ".join(f"{k}={v}" for k, v in taken.items()) or "nothing",
+             f"; kept as given: {', '.join(kept)}" if kept else "")
+    return out
 
 
 def apply_override(raw: dict, item: str) -> None:

@@ -3,6 +3,7 @@ paper's settings applied with real weights only, the bootstrap stage for a real 
 per-benchmark metric columns."""
 from __future__ import annotations
 
+import logging
 import json
 from pathlib import Path
 
@@ -114,6 +115,27 @@ def test_paper_settings_run_with_real_weights_only(tmp_path):
     for overrides in ([f"model.weights={blip2}"], ["dataset=star", f"model.weights={ours}"]):
         cfg = load_config(p, overrides)
         assert cfg.finetune_answerer == stock.finetune_answerer and cfg.frames == stock.frames
+
+
+def test_a_setting_the_user_names_wins_over_the_papers_and_the_log_says_which(tmp_path, caplog):
+    # issue 24: on real weights `-o frames.n_frames=16` was silently replaced by the benchmark's paper setting
+    blip2 = _blip2_dir(tmp_path / "blip2")
+    p = REPO / "params.yaml"  # the repo's paper recipes (datasets.*.paper)
+    base = ["dataset=nextqa", f"model.weights={blip2}"]
+    paper = load_config(p, base)
+    assert (paper.frames.n_frames, paper.frames.n_keyframes) == (32, 4)  # nextqa's paper setting
+    with caplog.at_level(logging.INFO, logger="sevila.config.params"):
+        cfg = load_config(p, [*base, "frames.n_frames=16", "finetune_answerer.train.lr=1e-6"])
+    assert (cfg.frames.n_frames, cfg.frames.n_keyframes) == (16, 4)  # the named one kept, the other the paper's
+    assert cfg.finetune_answerer.train.lr == 1e-6
+    assert cfg.finetune_answerer.train.epochs == paper.finetune_answerer.train.epochs  # not named: the paper's
+    whole = load_config(p, [*base, "finetune_answerer.train={lr: 2.0e-6}"])  # a section named keeps all below it
+    assert whole.finetune_answerer.train.lr == 2e-6 and whole.finetune_answerer.train.epochs != \
+        paper.finetune_answerer.train.epochs
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("nextqa on real weights: from the paper's settings (datasets.nextqa.paper, "
+                           "datasets.qvhighlights.paper): frames.n_keyframes=4, pretrain_localizer.train.lr=")
+    assert line.endswith("; kept as given: frames.n_frames, finetune_answerer.train.lr")
 
 
 def test_bootstrap_trains_nothing_for_a_real_benchmark_and_never_touches_the_weights(tmp_path):
