@@ -242,6 +242,9 @@ class BenchmarkData:
     videos: str | None = None
     video_map: str | None = None
     paper: PaperSettings = field(default_factory=PaperSettings)
+    # the splits released without answers (or QVHighlights windows): only these may lack them; a blank answer or an
+    # empty `relevant_windows` anywhere else is a lost label, refused by prepare naming the file and the record
+    unlabelled: tuple[str, ...] = ("test",)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Sequence
 from sevila.atomic import atomic_write_json, atomic_write_text
 from sevila.config import BadVideoPolicyName, Benchmark, Config
 from sevila.data.annotations import count_unlabelled, read_annotations
-from sevila.data.records import Record, write_records
+from sevila.data.records import AnnotationError, MomentRecord, Record, write_records
 from sevila.data.video import SkipLog, VideoError, probe_video, resolve_video_path
 from sevila.errors import UserError
 
@@ -75,10 +75,26 @@ def sources(cfg: Config) -> list[Source]:
 
 
 def read_source(cfg: Config, src: Source) -> list[Record]:
-    """The file's records in file order, stamped with the pipeline split and their video's file id."""
+    """The file's records in file order, stamped with the pipeline split and their video's file id; a labelled split
+    whose file lost a label is refused (`check_labelled`)."""
     video_map = cfg.datasets.nextqa.video_map if src.dataset is Benchmark.NEXTQA else None
     records = read_annotations(src.dataset, src.path, video_map=video_map)
+    check_labelled(src, records, cfg.datasets[src.dataset].unlabelled)
     return [dataclasses.replace(r, split=src.split, video=video_file_id(src.dataset, r.video)) for r in records]
+
+
+def check_labelled(src: Source, records: Sequence[Record], unlabelled: Sequence[str]) -> None:
+    """Every question of a labelled split has its answer, every query of a labelled QVHighlights split at least one
+    relevant window (a blank cell or `relevant_windows: []` would train on nothing and pass silently)."""
+    if src.split in unlabelled:
+        return
+    for i, r in enumerate(records, 1):
+        lost = not r.windows if isinstance(r, MomentRecord) else r.answer is None
+        if lost:
+            what = "no relevant window (relevant_windows is empty)" if isinstance(r, MomentRecord) else "no answer"
+            raise AnnotationError(src.path, f"record {i} ({r.qid!r})", f"{what} in split {src.split!r}, which is "
+                                  f"labelled; only datasets.{src.dataset.value}.unlabelled ({list(unlabelled)}) "
+                                  "may lack labels")
 
 
 @dataclass(frozen=True)

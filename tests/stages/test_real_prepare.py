@@ -7,6 +7,7 @@ the same with a BLIP-2 directory)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -228,6 +229,47 @@ def test_an_annotation_naming_no_video_file_stops_with_file_and_line(tmp_path, r
     with pytest.raises(AnnotationError, match=rf"{bad}, line 3: record '{row['example_id']}': video id must be"):
         prepare.run(load_config(tmp_path / "params.yaml"))
     assert not Path(cfg.paths.processed).exists()  # checked before anything is written
+
+
+def _point(tmp_path: Path, benchmark: str, split: str, path: Path) -> Path:
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["datasets"][benchmark]["annotations"][split] = str(path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return tmp_path / "params.yaml"
+
+
+def test_a_blank_answer_in_a_labelled_split_is_a_lost_label(tmp_path, realdata, template_mp4):
+    # issue 24: a blank answer cell became `answer: null` and passed prepare and validate
+    cfg = benchmark_project(tmp_path, realdata, "nextqa", template_mp4)
+    prepare.run(cfg)
+    processed = Path(cfg.paths.processed)
+    before = {p.name: p.read_bytes() for p in processed.iterdir()}
+    rows = list(csv.reader(io.StringIO((realdata / "nextqa/val.csv").read_text())))
+    rows[3][rows[0].index("answer")] = ""
+    bad = tmp_path / "val.csv"
+    with bad.open("w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    qid = f"{rows[3][rows[0].index('type')]}_{rows[3][0]}_{rows[3][rows[0].index('qid')]}"
+    params = _point(tmp_path, "nextqa", "train", bad)
+    with pytest.raises(AnnotationError, match=rf"{bad}, record 3 \('{qid}'\): no answer in split 'train', which is "
+                                              r"labelled; only datasets.nextqa.unlabelled \(\['test'\]\) may lack"):
+        prepare.run(load_config(params))
+    assert {p.name: p.read_bytes() for p in processed.iterdir()} == before  # nothing lost, nothing half-written
+    # a split declared unlabelled may lack answers
+    assert prepare.run(load_config(params, ["datasets.nextqa.unlabelled=[train]"]))["splits"]["train"]["unlabelled"] == 1
+
+
+def test_a_qvhighlights_query_with_no_relevant_window_in_a_labelled_split_is_refused(tmp_path, realdata, template_mp4):
+    # issue 24: `relevant_windows: []` trained the Localizer on no positive frame and passed prepare and validate
+    benchmark_project(tmp_path, realdata, "vlep", template_mp4)
+    lines = (realdata / QVH_FILES["val"]).read_text().splitlines()
+    row = json.loads(lines[1])
+    row["relevant_windows"] = []
+    bad = tmp_path / "highlight_val.jsonl"
+    bad.write_text("\n".join([lines[0], json.dumps(row), *lines[2:]]) + "\n")
+    with pytest.raises(AnnotationError, match=rf"{bad}, record 2 \('{row['qid']}'\): no relevant window "
+                                              r"\(relevant_windows is empty\) in split 'val'"):
+        prepare.run(load_config(_point(tmp_path, "qvhighlights", "val", bad)))
 
 
 def test_a_video_id_cannot_escape_the_video_folder(tmp_path, realdata, template_mp4):
