@@ -12,11 +12,21 @@ from sevila.atomic import atomic_write_json
 from sevila.config import Benchmark, Config
 from sevila.data.benchmarks import SKIPPED_FILE
 from sevila.data.records import read_records
-from sevila.data.validation import validate_records
+from sevila.data.validation import root_of, validate_records
 
 
 class ValidationFailed(RuntimeError):
     pass
+
+
+def unreadable_videos(report, splits: dict, videos) -> list[str]:
+    """The video files behind a failed `video_readable` check (issue 24: the report named only qids), sorted."""
+    bad = next((r for r in report.results if r.name == "video_readable" and not r.success), None)
+    if bad is None:
+        return []
+    qids = set(bad.failing)
+    return sorted({str(Path(root_of(videos, r.dataset)) / (r.video if r.video.endswith(".mp4") else f"{r.video}.mp4"))
+                   for records in splits.values() for r in records if r.qid in qids})
 
 
 def run(cfg: Config) -> dict:
@@ -36,10 +46,16 @@ def run(cfg: Config) -> dict:
     skipped = processed / SKIPPED_FILE
     if cfg.dataset.real:
         payload["skipped_by_prepare"] = json.loads(skipped.read_text())["n_skipped"] if skipped.is_file() else 0
+    unreadable = unreadable_videos(report, splits, videos)
+    if unreadable:
+        payload["unreadable_videos"] = unreadable
     atomic_write_json(out, payload)
     failed = [r.name for r in report.results if not r.success]
     if failed and cfg.validate.fail_on_error:
-        raise ValidationFailed(f"validation failed ({', '.join(failed)}); see {out}")
+        more = f" (+{len(unreadable) - 3} more)" if len(unreadable) > 3 else ""
+        named = [f"video_readable: {', '.join(unreadable[:3])}{more}" if f == "video_readable" and unreadable else f
+                 for f in failed]
+        raise ValidationFailed(f"validation failed ({'; '.join(named)}); see {out}")
     metrics = {"success": report.success, "records": report.n_records, "failed": failed}
     if cfg.dataset.real:
         metrics["skipped_by_prepare"] = payload["skipped_by_prepare"]

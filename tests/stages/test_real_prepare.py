@@ -308,9 +308,11 @@ def test_validate_demuxes_every_video_of_the_benchmark_and_of_qvhighlights(tmp_p
     # a cut-off file opens (prepare's header probe passes) but fails validate's demux of every packet
     victim = tmp_path / "qvh" / "_6hnl_BrFvs_360.0_510.0.mp4"
     victim.write_bytes(template_mp4[: len(template_mp4) * 2 // 3])
-    with pytest.raises(validate.ValidationFailed, match="video_readable"):
+    # the message and the report name the video file, not only the qids (issue 24)
+    with pytest.raises(validate.ValidationFailed, match=rf"validation failed \(video_readable: {victim}\); see "):
         validate.run(cfg)
     report = json.loads((Path(cfg.paths.reports) / "validation.json").read_text())
+    assert report["unreadable_videos"] == [str(victim)]
     failing = {e["expectation"]: e["failing"] for e in report["expectations"] if not e["success"]}
     assert failing["video_readable"] == sorted(m.qid for m in read_records(
         Path(cfg.paths.processed) / "moments_val.jsonl") if m.video == "_6hnl_BrFvs_360.0_510.0")
