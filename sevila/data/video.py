@@ -19,6 +19,7 @@ Deliberate differences from the official code (docs/design.md §2, "traps"):
 from __future__ import annotations
 
 import enum
+import logging
 import math
 import os
 from collections import Counter
@@ -33,6 +34,8 @@ import torch.nn.functional as F
 
 from sevila.atomic import atomic_write_json
 from sevila.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # CLIP normalisation constants used by BLIP-2 / SeViLA (LAVIS BlipImageBaseProcessor defaults).
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
@@ -418,6 +421,9 @@ def read_frames(
         # indices decord would have.
         local_rng = None if rng is None else _copy_rng(rng)
         idx = sample_indices(first, stop, n, mode, local_rng)
+        if stop - first < n:  # issue 24: said, never silent
+            log.warning("%s: the clip has %d frames, %d asked: the last one is repeated %d times (SeViLA's official "
+                        "sampling, LAVIS load_video, does the same)", path, stop - first, n, n - (stop - first))
         frames = reader.frames(idx)
         if frames.shape[0] != len(idx):
             raise VideoCorrupt(path, f"decoder returned {frames.shape[0]} frames for {len(idx)} indices")

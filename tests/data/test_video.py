@@ -3,6 +3,7 @@ preprocessing, typed errors for every kind of bad video, and the bad-video polic
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -253,10 +254,18 @@ def test_decord_and_pyav_agree(vid_dir):
     assert np.abs(dec.astype(int) - pav.astype(int)).max() <= 1
 
 
-def test_repeated_last_frame_when_clip_is_short(vid_dir):
-    fs = read_frames(vid_dir / "good.mp4", n=6, start=1.0, end=1.3, size=16)  # frames 10, 11, 12
+def test_repeated_last_frame_when_clip_is_short(vid_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="sevila.data.video"):
+        fs = read_frames(vid_dir / "good.mp4", n=6, start=1.0, end=1.3, size=16)  # frames 10, 11, 12
     assert fs.indices.tolist() == [10, 11, 12, 12, 12, 12]
     assert torch.equal(fs.pixels[3], fs.pixels[5])
+    # issue 24: said, never silent (it was): the clip, the counts, and what the official sampling does
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{vid_dir / 'good.mp4'}: the clip has 3 frames, 6 asked: the last one is repeated 3 times (SeViLA's "
+        "official sampling, LAVIS load_video, does the same)"]
+    caplog.clear()
+    read_frames(vid_dir / "good.mp4", n=3, start=1.0, end=1.3, size=16)
+    assert not caplog.records  # enough frames: nothing to say
 
 
 def test_window_fallback_flag(vid_dir):
