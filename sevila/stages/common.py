@@ -19,6 +19,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from sevila.atomic import atomic_write_json
 from sevila.config import AnswererId, Config, Fusion, LocalizerId, Precision, Selector, TrainConfig, to_dict
 from sevila.data.records import QARecord, Record, read_records
 from sevila.data.video import BadVideoPolicy, SkipLog
@@ -28,6 +29,7 @@ from sevila.inference.features import (
 )
 from sevila.model import chain
 from sevila.model.prompts import qa_prompts
+from sevila.tracking.inputs import file_digest
 from sevila.training.loop import steps_per_epoch, train
 from sevila.weights.checkpoint_dir import load_weights, trainable_state
 from sevila.weights.load import assemble
@@ -209,24 +211,44 @@ TRAINING_CODE = ("sevila.model.modeling", "sevila.model.configuration", "sevila.
 def resume_key(cfg: Config, model, items: Sequence, loss_fn, settings: TrainConfig, out_dir: Path) -> str:
     """Names a training run by everything it reads, so its saved state is picked up again only by the same run:
     the training settings and output folder; the training items (features, prompts, labels: `content_digest`);
-    the starting weights of the module that trains (every value) and the files of the frozen backbone (path, size
-    and mtime of each: re-hashing a multi-GB ViT/T5 per stage is not cheap, and a rewritten file starts afresh);
-    and the source of the code that computes the loss (the loss function's module and TRAINING_CODE)."""
+    the starting weights of the module that trains (every value) and the files of the frozen backbone by their
+    CONTENT (`weights_identity`: a T5 swapped with its size and mtime kept is another T5); and the source of the
+    code that computes the loss (the loss function's module and TRAINING_CODE)."""
     h = hashlib.sha256()
     h.update(json.dumps({"train": settings.to_dict(), "out": str(out_dir)}, sort_keys=True).encode())
     h.update(content_digest(items).encode())
     h.update(content_digest(dict(trainable_state(model)), sample_above=None).encode())
+    digests = Path(cfg.paths.runs) / "train" / WEIGHT_DIGESTS
     for root in (cfg.model.weights, cfg.model.backbone):
         if root is not None:
-            h.update(json.dumps(_file_identity(Path(root))).encode())
+            h.update(json.dumps(weights_identity(Path(root), digests)).encode())
     for name in sorted({loss_fn.__module__, *TRAINING_CODE}):
         h.update(Path(inspect.getsourcefile(sys.modules[name])).read_bytes())
     return h.hexdigest()[:12]
 
 
-def _file_identity(root: Path) -> list:
+WEIGHT_DIGESTS = "weight_digests.json"  # under paths.runs/train: each weights file's SHA-256 by its stat
+
+
+def weights_identity(root: Path, cache: Path) -> list:
+    """[relative path, size, SHA-256 prefix] of every file of a weights directory (or the one file). A digest is
+    reused while the file's (device, inode, size, mtime, ctime) are unchanged, so a multi-GB ViT/T5 is hashed once
+    per change: a rewrite that restores size and mtime (`cp -p`, `rsync -a`, `tar x`) still moves the ctime, which
+    no one can set back, and is hashed again (issue 24)."""
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    return [[str(p.relative_to(root) if root.is_dir() else p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    out, changed = [], False
+    for p in files:
+        st = p.stat()
+        stamp = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        entry = known.get(str(p.resolve()))
+        if entry is None or entry[0] != stamp:
+            entry, changed = [stamp, file_digest(p)], True
+            known[str(p.resolve())] = entry
+        out.append([str(p.relative_to(root)) if root.is_dir() else str(p), st.st_size, entry[1]])
+    if changed:
+        atomic_write_json(cache, known)
+    return out
 
 
 #: Tensors with more values than this are fingerprinted (dtype, shape, sum, a strided sample of SAMPLED values)

@@ -49,3 +49,26 @@ def test_a_split_smaller_than_one_batch_says_what_to_set(tmp_path):
         fit_module(cfg, None, "localizer", list(range(8)), None, "pretrain_localizer",
                    TrainConfig(batch_size=64, micro_batch=8), tmp_path / "out", eval_fn=lambda m: {})
     assert not (tmp_path / "out").exists() and not (tmp_path / "train").exists()
+
+
+def test_frozen_weights_are_known_by_content_even_with_size_and_mtime_kept(tmp_path):
+    # issue 24: the resume key named frozen weights by path, size and mtime, so a T5 swapped inside
+    # model.safetensors with both kept (cp -p, rsync -a, tar x) resumed a Localizer trained against the old one
+    import os
+
+    from sevila.stages.common import weights_identity
+
+    weights, cache = tmp_path / "blip2", tmp_path / "runs" / "digests.json"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    t5 = weights / "model.safetensors"
+    t5.write_bytes(b"old T5 weights.")
+    first = weights_identity(weights, cache)
+    assert [name for name, _, _ in first] == ["config.json", "model.safetensors"] and cache.is_file()
+    assert weights_identity(weights, cache) == first  # unchanged: the cached digests
+    stat = t5.stat()
+    t5.write_bytes(b"new T5 weights.")  # same size
+    os.utime(t5, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old mtime, as cp -p would leave it
+    assert t5.stat().st_size == stat.st_size and t5.stat().st_mtime_ns == stat.st_mtime_ns
+    second = weights_identity(weights, cache)
+    assert second[0] == first[0] and second[1][:2] == first[1][:2] and second[1][2] != first[1][2]
