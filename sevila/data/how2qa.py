@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 from sevila.data.annotations import (
-    AnnotationError, check_video_id, clip_window, csv_rows, parse_seconds, split_from_name,
+    AnnotationError, check_video_id, clip_window, csv_rows, one_line_rows, parse_seconds, split_from_name,
 )
 from sevila.data.records import QARecord
 
@@ -52,8 +52,7 @@ def read_how2qa(path: str | Path) -> list[QARecord]:
     out: list[QARecord] = []
     with csv_rows(path) as reader:
         index = 0
-        for row in reader:
-            where = f"line {reader.line_num}"
+        for where, row in one_line_rows(path, reader):
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != N_COLUMNS:

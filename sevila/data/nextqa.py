@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sevila.data.annotations import AnnotationError, check_video_id, csv_rows, parse_answer, split_from_name
+from sevila.data.annotations import (
+    AnnotationError, check_video_id, csv_rows, one_line_rows, parse_answer, split_from_name,
+)
 from sevila.data.records import QARecord
 
 DATASET = "nextqa"
@@ -55,8 +57,7 @@ def read_nextqa(path: str | Path, video_map: str | Path | dict[str, str] | None 
         opt_cols = []
         while f"a{len(opt_cols)}" in col:
             opt_cols.append(col[f"a{len(opt_cols)}"])
-        for row in reader:
-            where = f"line {reader.line_num}"
+        for where, row in one_line_rows(path, reader):
             if not row:
                 continue
             if len(row) != len(header):

@@ -393,3 +393,17 @@ def test_non_utf8_annotation_file_is_named(tmp_path, dataset, name, reader_line)
     path.write_bytes(reader_line.encode("latin-1"))
     with pytest.raises(AnnotationError, match=rf"{name}: not UTF-8 text \(byte 0xe9"):
         read_annotations(dataset, path)
+
+
+@pytest.mark.parametrize("benchmark, name, line", [("nextqa", "nextqa/val.csv", 2),
+                                                   ("how2qa", "how2qa/how2QA_val_release.csv", 2)])
+def test_a_stray_quote_is_named_on_its_own_line(tmp_path, realdata, benchmark, name, line):
+    # issue 24: a stray `"` on line 2 of a CSV was blamed on line 28, where the csv module closed the quote
+    lines = (realdata / name).read_text().splitlines(keepends=True)
+    lines[line - 1] = lines[line - 1].replace(",", ',"', 1)
+    bad = tmp_path / Path(name).name
+    bad.write_text("".join(lines))
+    if benchmark == "nextqa":
+        (tmp_path / "map_vid_vidorID.json").write_text((realdata / "nextqa/map_vid_vidorID.json").read_text())
+    with pytest.raises(AnnotationError, match=rf"{bad}, line {line}: a quoted field runs on to line \d+: an unclosed"):
+        read_annotations(benchmark, bad)
