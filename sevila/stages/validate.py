@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 from sevila.atomic import atomic_write_json
-from sevila.config import Benchmark, Config
+from sevila.config import Benchmark, Config, real_weights
 from sevila.data.benchmarks import SKIPPED_FILE
 from sevila.data.records import read_records
 from sevila.data.validation import root_of, validate_records
+from sevila.weights.load import check_real_weights
 
 
 class ValidationFailed(RuntimeError):
@@ -30,6 +31,8 @@ def unreadable_videos(report, splits: dict, videos) -> list[str]:
 
 
 def run(cfg: Config) -> dict:
+    if cfg.dataset.real and real_weights(cfg.model.weights):
+        check_real_weights(cfg.model.weights, cfg.model.backbone)  # before the data checks: seconds, not hours
     processed = Path(cfg.paths.processed)
     splits = {}
     for split in cfg.prepare.splits:

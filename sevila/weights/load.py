@@ -43,6 +43,22 @@ def detect_kind(path: str | Path) -> CheckpointKind:
                           ".safetensors, or a LAVIS .pth)")
 
 
+def check_real_weights(weights: str | Path, backbone: str | Path | None = None) -> None:
+    """A pre-flight of real weights, in seconds and without reading a tensor: a BLIP-2 directory has a BLIP-2 T5
+    config and a usable tokenizer; a LAVIS/SeViLA .pth has a BLIP-2 `backbone` directory that has them. Stage
+    `validate` runs it, so a directory without a tokenizer stops there, before any training (issue 24), naming
+    the directory and what to save into it."""
+    kind = detect_kind(weights)
+    if kind is CheckpointKind.LAVIS:
+        if backbone is None:
+            raise CheckpointError(f"{weights}: a LAVIS/SeViLA .pth holds only trained parameters; set model.backbone "
+                                  "to the BLIP-2 Flan-T5 directory it was trained on")
+        weights = backbone
+    if detect_kind(weights) is CheckpointKind.HF_BLIP2:
+        read_blip2_config(weights)
+        blip2_dir_tokenizer(weights)
+
+
 def load_for_inference(weights: str | Path, backbone: str | Path | None = None, *,
                        layout: LavisLayout = LavisLayout.SEVILA, numerics: Numerics = Numerics.LAVIS
                        ) -> tuple[nn.Module, list[WeightsReport]]:

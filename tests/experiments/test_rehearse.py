@@ -398,8 +398,9 @@ def test_a_blip2_directory_without_tokenizer_stops_naming_it_and_keeps_the_outpu
     shutil.copytree(rehearse("tvqa").out / "models" / "blip2-flan-t5-tiny", weights,
                     ignore=shutil.ignore_patterns("tokenizer*", "spiece.model", "special_tokens_map.json"))
     before = {p: p.read_bytes() for p in (project / "reports").glob("*.json")}
-    argv = ["stage", "pretrain_localizer", "-p", str(project / "params.yaml"), "-o", f"model.weights={weights}"]
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"sevila stage: error: {weights}: this BLIP-2 directory has no usable tokenizer"), err
-    assert {p: p.read_bytes() for p in (project / "reports").glob("*.json")} == before  # nothing lost
+    for stage in ("validate", "pretrain_localizer"):  # validate says so first (issue 24): before any training
+        argv = ["stage", stage, "-p", str(project / "params.yaml"), "-o", f"model.weights={weights}"]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"sevila stage: error: {weights}: this BLIP-2 directory has no usable tokenizer"), err
+        assert {p: p.read_bytes() for p in (project / "reports").glob("*.json")} == before  # nothing lost
