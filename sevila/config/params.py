@@ -74,10 +74,15 @@ class ModelConfig:
     weights: str = "models/backbone"
     backbone: str | None = None
     device: str = "auto"  # auto: cuda when available, else cpu; or cpu, cuda, cuda:N, mps
+    # T5 prompt tokens kept (incl. </s>); null: the weights' own (the official code's max_txt_len, 77), which cuts
+    # long option lists. Evaluate warns with the count of prompts it cut.
+    max_text_len: int | None = None
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(self.device)):
             raise InvalidSetting("device", self.device, "must be auto, cpu, cuda, cuda:N or mps")
+        if self.max_text_len is not None and self.max_text_len < 2:
+            raise InvalidSetting("max_text_len", self.max_text_len, "must leave room for text and </s> (>= 2), or null")
 
 
 @dataclass(frozen=True)

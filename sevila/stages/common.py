@@ -80,6 +80,8 @@ def load_model(cfg: Config, localizer: LocalizerId = LocalizerId.BACKBONE,
                               precision=precision)
     for rep in reports:
         log.info("%s", rep.summary())
+    if cfg.model.max_text_len is not None:  # the prompt budget is read at each tokenisation: no weight depends on it
+        model.config = dataclasses.replace(model.config, max_text_len=cfg.model.max_text_len)
     return model
 
 

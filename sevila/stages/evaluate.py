@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -21,6 +22,8 @@ from sevila.stages.common import load_model, qa_prompt_pair, read_split, round_d
 from sevila.tracking.run_settings import stage_run
 
 MAX_QUESTIONS = 16  # questions of one clip per forward pass
+
+log = logging.getLogger(__name__)
 
 
 def variant_dir(cfg: Config, name: str) -> Path:
@@ -99,6 +102,10 @@ def evaluate_variant(cfg: Config, name: str, v: VariantConfig, records: list, mo
         timestamps |= {r.qid: c.meta.timestamps for r in c.records}
     by_qid = {r.qid: r for r in records}
     metrics = variant_metrics(v, rows, by_qid, timestamps) | {"skipped": len(skipped)}
+    if metrics["qa_truncated"]:  # issue 24: said, not only counted in the JSON
+        log.warning("evaluate %s: %d of %d Answerer prompts were cut at %d T5 tokens (their last options unseen); "
+                    "model.max_text_len raises the limit (the official code's is 77)", name, metrics["qa_truncated"],
+                    len(rows), model.config.max_text_len)
     out = variant_dir(cfg, name)
     atomic_write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write_json(metrics_path(cfg, name), metrics)

@@ -169,6 +169,19 @@ def test_evaluate_every_variant(chain):
     assert (runs.loc["oracle", "params.frame_slots"], runs.loc["oracle_zero_shot", "params.frame_slots"]) == ("2", "1")
 
 
+def test_prompts_cut_at_the_text_limit_are_said_with_the_setting_that_raises_it(chain, tmp_path, caplog):
+    # issue 24: prompts cut at 77 tokens showed only as `qa_truncated` in the metrics JSON
+    chain["evaluate"]
+    cfg = load_config(chain.params, ["evaluate.only=[uniform_f2]", f"paths.runs={tmp_path}", "model.max_text_len=12"])
+    with caplog.at_level(logging.WARNING, logger="sevila.stages.evaluate"):
+        metrics = evaluate.run(cfg)["uniform_f2"]
+    assert metrics["qa_truncated"] == metrics["count"] == 3
+    assert [r.getMessage() for r in caplog.records if r.name == "sevila.stages.evaluate"] == [
+        "evaluate uniform_f2: 3 of 3 Answerer prompts were cut at 12 T5 tokens (their last options unseen); "
+        "model.max_text_len raises the limit (the official code's is 77)"]
+    assert chain["evaluate"]["uniform_f2"]["qa_truncated"] == 0  # at the weights' own limit nothing was cut
+
+
 def test_a_bad_setting_writes_nothing(chain, capsys):
     # issue 12: n_frames=0 used to mean "the default" (32 frames) and replaced the variant's predictions
     chain["evaluate"]
