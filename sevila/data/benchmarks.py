@@ -57,9 +57,13 @@ class Source:
     moments: bool
 
 
+MOMENT_SPLITS = ("train", "val")  # the QVHighlights splits Localizer pre-training reads
+
+
 def sources(cfg: Config) -> list[Source]:
-    """Every annotation file `prepare.splits` needs, each checked to be set: the QA benchmark's and QVHighlights'
-    (the Localizer's pre-training moments). Raised before anything is read or written."""
+    """Every annotation file `prepare.splits` needs, each checked to be set: the QA benchmark's, and QVHighlights'
+    (the Localizer's pre-training moments: train and val always, any other split only when its file is set).
+    Raised before anything is read or written."""
     out = []
     for bench, moments in ((cfg.dataset, False), (Benchmark.QVHIGHLIGHTS, True)):
         entry = cfg.datasets[bench]
@@ -67,9 +71,13 @@ def sources(cfg: Config) -> list[Source]:
             raise UserError(f"datasets.{bench.value}.videos is not set: the folder of its videos (official layout)")
         for split in cfg.prepare.splits:
             path = entry.annotations.get(split)
+            if path is None and moments and split not in MOMENT_SPLITS:
+                continue  # QVHighlights only feeds pre-training: a QA split needs no moments of its own (issue 24)
             if path is None:
-                raise UserError(f"datasets.{bench.value}.annotations.{split} is not set (prepare.splits has "
-                                f"{split!r}): name the official file, or drop the split from prepare.splits")
+                why = ("pretrain_localizer trains and validates on QVHighlights' train and val moments" if moments
+                       else f"prepare.splits has {split!r}")
+                raise UserError(f"datasets.{bench.value}.annotations.{split} is not set ({why}): name the official "
+                                "file" + ("" if moments else ", or drop the split from prepare.splits"))
             out.append(Source(Benchmark(bench.value), split, Path(path), Path(entry.videos), moments))
     return out
 
@@ -151,7 +159,7 @@ def prepare_benchmark(cfg: Config) -> dict:
     processed = Path(cfg.paths.processed)
     summary: dict = {"dataset": cfg.dataset.value, "splits": {}}
     for split in cfg.prepare.splits:
-        qa, moments = outputs[split], outputs[f"moments_{split}"]
+        qa, moments = outputs[split], outputs.get(f"moments_{split}", [])  # none: QVHighlights' file unset
         write_records(processed / f"{split}.jsonl", qa)
         write_records(processed / f"moments_{split}.jsonl", moments)
         summary["splits"][split] = {

@@ -231,9 +231,9 @@ def test_an_annotation_naming_no_video_file_stops_with_file_and_line(tmp_path, r
     assert not Path(cfg.paths.processed).exists()  # checked before anything is written
 
 
-def _point(tmp_path: Path, benchmark: str, split: str, path: Path) -> Path:
+def _point(tmp_path: Path, benchmark: str, split: str, path: Path | None) -> Path:
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    params["datasets"][benchmark]["annotations"][split] = str(path)
+    params["datasets"][benchmark]["annotations"][split] = None if path is None else str(path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path / "params.yaml"
 
@@ -297,6 +297,19 @@ def test_an_unset_annotation_file_is_named_before_anything_is_read(tmp_path, rea
     with pytest.raises(UserError, match=r"prepare.splits: 'dev' is not a split a benchmark's annotations name"):
         prepare.run(load_config(tmp_path / "params.yaml", ["prepare.splits=[val, dev]"]))
     assert not Path(cfg.paths.processed).exists()
+
+
+def test_qvhighlights_needs_only_the_splits_pretraining_reads(tmp_path, realdata, template_mp4):
+    # issue 24: NExT-QA's test split failed unless a QVHighlights test file existed, and params.yaml's own
+    # `datasets.qvhighlights.annotations.test: null` was refused (prepare.splits is shared by both)
+    benchmark_project(tmp_path, realdata, "how2qa", template_mp4)  # splits val, test
+    params = _point(tmp_path, "qvhighlights", "test", None)
+    summary = prepare.run(load_config(params))
+    assert summary["splits"]["test"]["moments"] == 0 and summary["splits"]["test"]["questions"] == 19
+    assert read_records(tmp_path / "data" / "processed" / "how2qa" / "moments_test.jsonl") == []
+    with pytest.raises(UserError, match=r"datasets.qvhighlights.annotations.val is not set \(pretrain_localizer "
+                                        r"trains and validates on QVHighlights' train and val moments\)"):
+        prepare.run(load_config(_point(tmp_path, "qvhighlights", "val", None)))
 
 
 def test_validate_demuxes_every_video_of_the_benchmark_and_of_qvhighlights(tmp_path, realdata, template_mp4):
