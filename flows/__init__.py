@@ -13,3 +13,10 @@ without Prefect); flows only schedule.
 
 Every flow run opens one MLflow parent run (sevila.tracking.parent_run); the stages' runs nest under it.
 """
+import os as _os
+
+#: Prefect starts a temporary local server for a flow run outside `prefect server start`; its default 20 s startup
+#: timeout fails on a busy 2-core machine (issue 24: `--sweep-only --dask` timed out while the tests, which raise it,
+#: passed). Set before Prefect is imported (it reads its settings once); a value the user exported wins.
+EPHEMERAL_STARTUP_TIMEOUT_S = "120"
+_os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S)

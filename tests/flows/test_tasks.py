@@ -17,7 +17,7 @@ from sevila import tracking
 from sevila.experiments.dvc_graph import resolved, round_file, settings, upstream
 from sevila.experiments.processes import StageFailed
 
-from ..dvc_projects import dvc_status, mini_project
+from ..dvc_projects import REPO, dvc_status, mini_project
 
 
 def test_dvc_stage_runs_through_dvc_and_returns_the_metrics_file(tmp_path):
@@ -116,3 +116,18 @@ def test_the_dask_dashboard_listens_on_the_loopback_only():
     with runner:
         assert _listening(runner) == {"127.0.0.1"}  # Dask's default (":8787") is every interface
         assert runner._cluster.scheduler.address.startswith("tcp://127.0.0.1:")
+
+
+def test_the_flows_give_prefects_temporary_server_time_to_start():
+    # issue 24: the flows' commands used Prefect's 20 s default, which a busy 2-core machine misses
+    import subprocess
+    import sys
+
+    code = ("import flows.pipeline; from prefect.settings import get_current_settings; "
+            "print(get_current_settings().server.ephemeral.startup_timeout_seconds)")
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "120"
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "300"  # the user's own value wins
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-1] == "300"
