@@ -6,6 +6,7 @@ import importlib
 
 import pytest
 
+from sevila.config import load_config
 from sevila.cli import COMMANDS, build_parser, main
 from sevila.stages import STAGES
 
@@ -103,4 +104,6 @@ def test_stage_validate_on_failing_data_is_one_line_naming_the_report(tmp_path, 
     assert main(["stage", "validate", "-p", REPO_PARAMS, "-o", f"paths.processed={processed}",
                  "-o", f"paths.world={tmp_path / 'world'}", "-o", f"paths.reports={reports}"]) == 2
     line = _one_error_line(capsys, "stage")
-    assert line == f"validation failed (video_readable); see {reports / 'validation.json'}"
+    videos = load_config(REPO_PARAMS, [f"paths.world={tmp_path / 'world'}"]).video_folder("synth") / "a"
+    unreadable = ", ".join(str(videos / f"missing_{split}.mp4") for split in ("test", "train", "val"))
+    assert line == f"validation failed (video_readable: {unreadable}); see {reports / 'validation.json'}"

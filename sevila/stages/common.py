@@ -220,7 +220,7 @@ def resume_key(cfg: Config, model, items: Sequence, loss_fn, settings: TrainConf
     h.update(json.dumps({"train": settings.to_dict(), "out": str(out_dir)}, sort_keys=True).encode())
     h.update(content_digest(items).encode())
     h.update(content_digest(dict(trainable_state(model)), sample_above=None).encode())
-    digests = Path(cfg.paths.runs) / "train" / WEIGHT_DIGESTS
+    digests = Path(cfg.paths.runs) / WEIGHT_DIGESTS
     for root in (cfg.model.weights, cfg.model.backbone):
         if root is not None:
             h.update(json.dumps(weights_identity(Path(root), digests)).encode())
@@ -229,7 +229,7 @@ def resume_key(cfg: Config, model, items: Sequence, loss_fn, settings: TrainConf
     return h.hexdigest()[:12]
 
 
-WEIGHT_DIGESTS = "weight_digests.json"  # under paths.runs/train: each weights file's SHA-256 by its stat
+WEIGHT_DIGESTS = "weight_digests.json"  # under paths.runs (beside train/): each weights file's SHA-256 by its stat
 
 
 def weights_identity(root: Path, cache: Path) -> list:

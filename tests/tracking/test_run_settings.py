@@ -24,11 +24,12 @@ def test_an_evaluate_run_logs_its_variant_not_the_pipeline_defaults():
     assert variant_params(cfg, "f8k1_qvh_sr") == {
         "variant": "f8k1_qvh_sr", "study": "frames", "selector": "localizer", "fusion": "concat", "n_frames": 8,
         "n_keyframes": 1, "localizer": "qvh_sr", "answerer": "finetuned", "frame_slots": 1, "split": "test",
-        "round": 1, "model": {"weights": "models/backbone", "backbone": None, "device": "auto"},
+        "round": 1, "model": {"weights": "models/backbone", "backbone": None, "device": "auto",
+                                "max_text_len": None},
         "frames": {"bad_video": "fail"}}
     assert set(tr.flatten_params(variant_params(cfg, "voting"))) == {
         "variant", "study", "selector", "fusion", "n_frames", "n_keyframes", "localizer", "answerer", "frame_slots",
-        "split", "round", "model.weights", "model.backbone", "model.device", "frames.bad_video"}
+        "split", "round", "model.weights", "model.backbone", "model.device", "model.max_text_len", "frames.bad_video"}
     assert variant_params(cfg, "oracle")["frame_slots"] == 4  # SeViLA's Answerer reads each frame in its 4 slots
     k2 = load_config(REPO / "params.yaml", ["frames.n_keyframes=2"])  # ... in as many as it was fine-tuned on
     assert [variant_params(k2, v)["frame_slots"] for v in ("oracle", "oracle_zero_shot")] == [2, 1]
@@ -50,7 +51,7 @@ def test_a_training_stage_logs_its_section_and_the_shared_settings_it_reads():
         "finetune_answerer.train.find_unused_parameters": "false", "finetune_answerer.train.progress": "true",
         "round": "1", "frames.n_frames": "16", "frames.n_keyframes": "4",
         "frames.bad_video": "fail", "model.weights": "models/backbone", "model.backbone": "null",
-        "model.device": "auto"}
+        "model.device": "auto", "model.max_text_len": "null"}
     for stage in STAGE_SETTINGS:  # every stage: no other stage's section, no evaluate variants
         keys = tr.flatten_params(stage_params(cfg, stage))
         assert not any(k.startswith("evaluate.") for k in keys), stage
@@ -135,7 +136,7 @@ def test_pseudo_label_refine_and_evaluate_runs_record_own_settings_and_inputs(ch
     assert pl.info.run_name == "pseudo_label_r1"
     assert pl.data.params == {"pseudo_label.answerer": "zero_shot", "round": "1", "frames.n_frames": "8",
                               "frames.bad_video": "fail", "model.weights": cfg.model.weights,
-                              "model.backbone": "null", "model.device": "auto"}
+                              "model.backbone": "null", "model.device": "auto", "model.max_text_len": "null"}
     assert pl.data.metrics["questions"] == stats["questions"] > 0
     assert pl.data.metrics["share_no_positive"] == pytest.approx(stats["share_no_positive"])
     assert pl.data.tags["pseudo_labels_digest"] == tr.file_digest(labels)
@@ -157,7 +158,7 @@ def test_pseudo_label_refine_and_evaluate_runs_record_own_settings_and_inputs(ch
         "variant": "f4k1_sr", "study": "frames", "selector": "localizer", "fusion": "concat", "n_frames": "4",
         "n_keyframes": "1", "localizer": "sr", "answerer": "zero_shot", "frame_slots": "1", "split": "test",
         "round": "1", "model.weights": cfg.model.weights, "model.backbone": "null", "model.device": "auto",
-        "frames.bad_video": "fail"}
+        "model.max_text_len": "null", "frames.bad_video": "fail"}
     assert {k: ev.data.tags[k] for k in ("n_frames", "n_keyframes", "selector", "study")} == {
         "n_frames": "4", "n_keyframes": "1", "selector": "localizer", "study": "frames"}
     assert "accuracy" in ev.data.metrics
