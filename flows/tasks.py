@@ -58,7 +58,7 @@ def flow_parent_run(name: str, dataset: str, **tags: object) -> Iterator[ParentR
     from prefect.runtime import flow_run
 
     flow_run_id = flow_run.id
-    extra = {k: v for k, v in tags.items() if v is not None}
+    extra = dict(tags)  # None values are dropped by rounds.mlflow_parent
     if flow_run_id:
         extra["prefect_flow_run_id"] = str(flow_run_id)
     with rounds.mlflow_parent(name, dataset, **extra) as run:

@@ -97,6 +97,13 @@ class UnsafeVideoPath(VideoError):
 # ------------------------------------------------------------------------------------ path resolution
 
 
+def video_path_of(root: str | Path, video_id: str, ext: str = ".mp4") -> Path:
+    """Where the video of `video_id` lies under `root` (`ext` not appended twice), unchecked: naming a file in a
+    message; `resolve_video_path` is the check before reading one."""
+    vid = str(video_id)
+    return Path(root) / (vid if (ext and vid.endswith(ext)) else vid + ext)
+
+
 def resolve_video_path(root: str | Path, video_id: str, ext: str = ".mp4") -> Path:
     """`root/<video_id><ext>`, refusing ids that could read outside `root`.
 
@@ -115,8 +122,7 @@ def resolve_video_path(root: str | Path, video_id: str, ext: str = ".mp4") -> Pa
     if ".." in parts:
         raise UnsafeVideoPath(video_id, "'..' is not allowed in video ids")
     root_path = Path(root)
-    name = vid if (ext and vid.endswith(ext)) else vid + ext
-    candidate = root_path / name
+    candidate = video_path_of(root_path, vid, ext)
     root_real = root_path.resolve()
     real = candidate.resolve()
     if not real.is_relative_to(root_real):

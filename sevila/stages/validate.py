@@ -13,6 +13,7 @@ from sevila.config import Benchmark, Config, real_weights
 from sevila.data.benchmarks import SKIPPED_FILE
 from sevila.data.records import read_records
 from sevila.data.validation import root_of, validate_records
+from sevila.data.video import video_path_of
 from sevila.weights.load import check_real_weights
 
 
@@ -26,8 +27,8 @@ def unreadable_videos(report, splits: dict, videos) -> list[str]:
     if bad is None:
         return []
     qids = set(bad.failing)
-    return sorted({str(Path(root_of(videos, r.dataset)) / (r.video if r.video.endswith(".mp4") else f"{r.video}.mp4"))
-                   for records in splits.values() for r in records if r.qid in qids})
+    return sorted({str(video_path_of(root_of(videos, r.dataset), r.video)) for records in splits.values()
+                   for r in records if r.qid in qids})
 
 
 def run(cfg: Config) -> dict:
